@@ -1,0 +1,1 @@
+"""pandas views of a run: results, ablation, lineage, fidelity correlation, export."""

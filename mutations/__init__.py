@@ -1,0 +1,1 @@
+"""libcst edits addressed by qualified name: apply, diff, merge, knobs, validation, sources."""

@@ -1,0 +1,1 @@
+"""The store of variants and evaluations, fitness statistics, parent selection."""

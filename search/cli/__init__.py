@@ -1,0 +1,22 @@
+"""`search`: the command line. Wiring only; each command lives in its own module."""
+from __future__ import annotations
+
+import click
+
+from search.cli._output import run_cli
+from search.cli.prepare import prepare
+from search.cli.run import run
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="evotrain")
+def cli() -> None:
+    """evotrain: evolve a train.py with measured, combined, ablated improvements."""
+
+
+cli.add_command(prepare)
+cli.add_command(run)
+
+
+def main() -> None:
+    run_cli(cli)

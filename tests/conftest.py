@@ -1,0 +1,60 @@
+"""Shared fixtures: the prepared shakespeare dataset and small, fast CPU evaluation specs."""
+from __future__ import annotations
+
+import textwrap
+from dataclasses import replace
+
+import pytest
+
+from trainer.runner import build_spec
+from trainer.spec import RunSpec
+
+# A tiny contract-following script (a bigram model); tests swap pieces of it.
+TINY_SCRIPT = textwrap.dedent('''
+    import torch, torch.nn as nn, torch.nn.functional as F
+    from trainer import runtime
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(runtime.vocab_size, 32)
+            self.head = nn.Linear(32, runtime.vocab_size)
+
+        def forward(self, idx):
+            {forward}
+
+    model = Tiny()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    while {keep_going}:
+        x, y = runtime.next_batch(8)
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten()){loss_suffix}
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        runtime.step(model, loss)
+    {before_finish}
+    runtime.finish(model)
+''')
+
+
+def tiny_script(forward: str = "return self.head(self.emb(idx))", keep_going: str = "runtime.keep_training()",
+                loss_suffix: str = "", before_finish: str = "pass") -> str:
+    return TINY_SCRIPT.format(forward=forward, keep_going=keep_going, loss_suffix=loss_suffix,
+                              before_finish=before_finish)
+
+
+@pytest.fixture(scope="session")
+def shakespeare_spec() -> RunSpec:
+    """A CPU spec on shakespeare with a small validation set, so each evaluation takes seconds."""
+    spec = build_spec("20k", seed=0, device="cpu", dataset="shakespeare", threads=1)
+    return replace(spec, profile=replace(spec.profile, eval_tokens=4096, probe_rows=4))
+
+
+@pytest.fixture
+def make_spec(shakespeare_spec):
+    def make(budget: str = "20k", **changes) -> RunSpec:
+        from trainer.budget import Budget
+
+        return replace(shakespeare_spec, budget=Budget.parse(budget), **changes)
+
+    return make

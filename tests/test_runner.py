@@ -1,0 +1,181 @@
+"""The sandboxed runner: real subprocesses, each ending the way a variant can end."""
+from __future__ import annotations
+
+import os
+import re
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from tests.conftest import tiny_script
+from trainer.baselines import BASELINE
+from trainer.result import Status
+from trainer.runner import run_variant
+
+
+def run(source: str, spec, timeout_s: float = 60, **kwargs):
+    return run_variant(source, spec, timeout_s=timeout_s, **kwargs)
+
+
+def test_tiny_script_trains_and_is_scored(make_spec):
+    result = run(tiny_script(), make_spec("20k"))
+    assert result.status is Status.OK, result.message + result.log_tail
+    assert result.trusted
+    assert 2.0 < result.val_bpb < 8.0  # a bigram model learns something in 20k bytes
+    assert 20_000 <= result.tokens < 20_000 + 8 * 128  # stops within one batch of the budget
+    assert result.steps == -(-20_000 // (8 * 128))
+    assert [round(p.progress, 1) for p in result.curve] == [0.3, 0.5, 0.8]
+    assert all(p.val_bpb > 0 for p in result.curve)
+    assert result.budget == "20k" and result.budget_unit == "tokens"
+    assert result.wall_seconds > result.training_seconds > 0
+
+
+def test_baseline_is_deterministic_for_a_seed_with_a_token_budget(make_spec):
+    source = BASELINE.read_text()
+    first = run(source, make_spec("12k"))
+    second = run(source, make_spec("12k"))
+    other_seed = run(source, make_spec("12k", seed=1))
+    assert first.status is Status.OK, first.message + first.log_tail
+    assert first.val_bpb == second.val_bpb
+    assert other_seed.val_bpb != first.val_bpb
+
+
+def test_lookahead_model_is_reported_as_leak(make_spec):
+    # Each position sees the mean embedding of the whole row, future tokens included.
+    leaky = "h = self.emb(idx); return self.head(h + h.mean(dim=1, keepdim=True))"
+    result = run(tiny_script(forward=leaky), make_spec("4k"))
+    assert result.status is Status.LEAK
+    assert "not causal" in result.message
+    assert result.val_bpb is None
+
+
+def test_baseline_with_attention_mask_removed_is_a_leak(make_spec):
+    source = BASELINE.read_text().replace("is_causal=True", "is_causal=False")
+    result = run(source, make_spec("4k"))
+    assert result.status is Status.LEAK
+
+
+def test_hanging_script_is_killed_at_the_deadline(make_spec):
+    source = "from trainer import runtime\nimport time\ntime.sleep(600)\n"
+    started = time.perf_counter()
+    result = run(source, make_spec(), timeout_s=4)
+    assert result.status is Status.TIMEOUT
+    assert time.perf_counter() - started < 20
+
+
+def test_killing_takes_the_whole_process_group(make_spec):
+    source = textwrap.dedent("""
+        import subprocess, time
+        from trainer import runtime
+        child = subprocess.Popen(["sleep", "600"])
+        print("CHILD", child.pid, flush=True)
+        time.sleep(600)
+    """)
+    result = run(source, make_spec(), timeout_s=4)
+    assert result.status is Status.TIMEOUT
+    pid = int(re.search(r"CHILD (\d+)", result.log_tail).group(1))
+    time.sleep(0.2)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_memory_hog_is_stopped_as_oom(make_spec):
+    source = "from trainer import runtime\nhog = []\nwhile True:\n    hog.append(b'x' * (50 << 20))\n"
+    result = run(source, make_spec(), memory_mb=700)
+    assert result.status is Status.OOM, result.message + result.log_tail
+
+
+def test_crash_reports_the_error_and_the_log_tail(make_spec):
+    result = run(tiny_script(before_finish="raise ValueError('shapes do not line up')"), make_spec("4k"))
+    assert result.status is Status.CRASH
+    assert "ValueError: shapes do not line up" in result.message
+    assert "Traceback" in result.log_tail and "shapes do not line up" in result.log_tail
+
+
+def test_nan_loss_is_reported_as_nan(make_spec):
+    result = run(tiny_script(loss_suffix=" * float('nan')"), make_spec("8k"))
+    assert result.status is Status.NAN
+    assert "step 1" in result.message
+
+
+def test_training_past_the_budget_is_over_budget(make_spec):
+    result = run(tiny_script(keep_going="True"), make_spec("4k"))
+    assert result.status is Status.OVER_BUDGET
+    assert "keep_training" in result.message
+
+
+def test_swallowing_the_runtime_error_does_not_hide_it(make_spec):
+    body = tiny_script(keep_going="True").replace(
+        "runtime.step(model, loss)", "try:\n        runtime.step(model, loss)\n    except Exception:\n        break"
+    ).replace("        x, y = runtime.next_batch(8)", "        try:\n            x, y = runtime.next_batch(8)\n"
+              "        except Exception:\n            break")
+    result = run(body, make_spec("4k"))
+    assert result.status is Status.OVER_BUDGET
+
+
+def test_script_without_finish_is_invalid(make_spec):
+    source = tiny_script().replace("runtime.finish(model)", "print('done')")
+    result = run(source, make_spec("4k"))
+    assert result.status is Status.INVALID
+    assert "finish" in result.message
+
+
+def test_wrong_logits_shape_is_invalid(make_spec):
+    result = run(tiny_script(forward="return self.head(self.emb(idx))[:, :-1]"), make_spec("4k"))
+    # training itself fails on the shape mismatch before finish is reached
+    assert result.status in (Status.CRASH, Status.INVALID)
+    finish_only = tiny_script(before_finish="model.forward = lambda idx: idx.float()")
+    result = run(finish_only, make_spec("4k"))
+    assert result.status is Status.INVALID
+    assert "logits of shape" in result.message
+
+
+def test_variant_environment_has_no_api_keys(make_spec, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-secret")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret")
+    source = tiny_script(before_finish="import os; print('ENV', sorted(os.environ))")
+    result = run(source, make_spec("4k"))
+    assert result.status is Status.OK
+    env_line = next(line for line in result.log_tail.splitlines() if line.startswith("ENV"))
+    assert "ANTHROPIC_API_KEY" not in env_line and "AWS_SECRET_ACCESS_KEY" not in env_line
+    assert "EVOTRAIN_CACHE" not in env_line
+
+
+def test_scheduler_can_stop_a_run_early(make_spec):
+    seen = []
+
+    def stop_at_first_probe(event):
+        seen.append(event["event"])
+        return event["event"] == "probe"
+
+    result = run(tiny_script(), make_spec("200k"), on_event=stop_at_first_probe)
+    assert result.status is Status.PRUNED
+    assert result.val_bpb is None
+    assert len(result.curve) >= 1 and result.steps > 0
+
+
+def test_compat_mode_parses_the_printed_score_and_marks_it_untrusted(make_spec, tmp_path):
+    source = textwrap.dedent("""
+        from prepare import TIME_BUDGET
+        print("---")
+        print("val_bpb:          0.997900")
+        print("training_seconds: 300.1")
+        print("peak_vram_mb:     45060.2")
+        print("total_tokens_M:   499.6")
+        print("num_steps:        953")
+    """)
+    result = run(source, make_spec(), support={"prepare.py": "TIME_BUDGET = 300\n"})
+    assert result.status is Status.OK, result.message + result.log_tail
+    assert result.trusted is False
+    assert result.val_bpb == pytest.approx(0.9979)
+    assert result.steps == 953 and result.tokens == 499_600_000
+    silent = run("print('no score here')", make_spec())
+    assert silent.status is Status.INVALID and "val_bpb" in silent.message
+
+
+@pytest.mark.skipif(os.cpu_count() < 2, reason="needs 2 cores to finish the baseline quickly")
+def test_baseline_learns(make_spec):
+    result = run(BASELINE.read_text(), make_spec("60k"))
+    assert result.status is Status.OK
+    assert result.val_bpb < result.curve[0].val_bpb < 8.0

@@ -1,0 +1,240 @@
+"""The sandboxed runner: one variant, one subprocess in its own process group and scratch folder.
+
+The child is `python -m trainer.launch train.py`; it reads its spec from stdin and reports
+through an inherited pipe. The runner enforces the deadline and the memory limit, kills
+the whole group when either is crossed, and turns what it saw into an EvalResult.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from trainer.budget import Budget, BudgetUnit
+from trainer.compat import printed_metrics, uses_runtime
+from trainer.datasets import default_cache_dir, prepare
+from trainer.errors import UserError
+from trainer.result import CurvePoint, EvalResult, Status
+from trainer.sandbox import group_rss_mb, kill_group, limit_address_space, scrubbed_env
+from trainer.spec import DEFAULT_PROBES, PROFILES, RunSpec
+
+EventHandler = Callable[[dict], bool]  # returns True to stop the run early (status pruned)
+
+_POLL_SECONDS = 0.2
+_LOG_TAIL_LINES = 40
+_LOG_TAIL_CHARS = 4000
+_ADDRESS_SPACE_HEADROOM_MB = 1024  # torch maps ~0.6 GB of virtual memory it never touches
+
+
+def resolve_device(device: str) -> str:
+    """`auto` means CUDA when the machine has an NVIDIA driver, else CPU (without importing torch)."""
+    if device != "auto":
+        kind = device.split(":")[0]
+        if kind not in PROFILES:
+            raise UserError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
+        return device
+    return "cuda" if Path("/dev/nvidiactl").exists() else "cpu"
+
+
+def build_spec(
+    budget: str | Budget,
+    seed: int = 0,
+    device: str = "auto",
+    dataset: str = "shakespeare",
+    tokenizer: str | None = None,
+    split: str = "val",
+    threads: int = 0,
+    probes: tuple[float, ...] = DEFAULT_PROBES,
+    log: Callable[[str], None] | None = None,
+) -> RunSpec:
+    """A complete spec: the dataset prepared (cached), the device resolved, its profile applied."""
+    if split not in ("val", "test"):
+        raise UserError(f"split must be val or test, but got {split!r}")
+    budget = Budget.parse(budget) if isinstance(budget, str) else budget
+    prepared = prepare(dataset, tokenizer=tokenizer, log=log)
+    return RunSpec.for_device(resolve_device(device), budget=budget, seed=seed, dataset_root=str(prepared.root),
+                              split=split, threads=threads, probes=tuple(probes))
+
+
+def default_timeout(budget: Budget) -> float:
+    """Deadline for a run: the budget plus start-up, compilation and evaluation, generously."""
+    if budget.unit is BudgetUnit.SECONDS:
+        return 1.5 * budget.amount + 180
+    return 300 + budget.amount / 2000  # the slowest CPU baseline measured trains ~4k tokens/s under load
+
+
+def default_memory_mb() -> int:
+    return int(psutil.virtual_memory().total * 0.8 / 2**20)
+
+
+@dataclass
+class _Watch:
+    """What the runner observed of one child while it ran."""
+
+    events: list[dict] = field(default_factory=list)
+    killed_for: Status | None = None
+    kill_message: str = ""
+    peak_rss_mb: float = 0.0
+
+
+def run_variant(
+    source: str,
+    spec: RunSpec,
+    *,
+    timeout_s: float,
+    memory_mb: int | None = None,
+    log_path: Path | None = None,
+    on_event: EventHandler | None = None,
+    support: Mapping[str, str] | None = None,
+) -> EvalResult:
+    """Evaluate one train.py source under the trusted runtime.
+
+    A script that does not import trainer.runtime runs in compatibility mode: as it is,
+    with `support` files (its prepare.py, say) beside it, scored by its printed val_bpb.
+    """
+    memory_mb = memory_mb or default_memory_mb()
+    compat = not uses_runtime(source)
+    scratch = Path(tempfile.mkdtemp(prefix="evotrain-"))
+    try:
+        for name, text in ((support or {}).items() if compat else ()):
+            (scratch / name).write_text(text)
+        (scratch / "train.py").write_text(source)
+        log_path = log_path or scratch / "log.txt"
+        read_end, write_end = os.pipe()
+        command = [sys.executable, "train.py"] if compat else [sys.executable, "-m", "trainer.launch", "train.py"]
+        env = scrubbed_env(scratch, spec.threads, default_cache_dir() / "compile", keep_home=compat)
+        started = time.perf_counter()
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(command, cwd=scratch, env=env, stdin=subprocess.PIPE, stdout=log,
+                                       stderr=subprocess.STDOUT, pass_fds=(write_end,), start_new_session=True)
+        os.close(write_end)
+        if spec.device == "cpu":
+            limit_address_space(process.pid, memory_mb + _ADDRESS_SPACE_HEADROOM_MB)
+        process.stdin.write(b"" if compat else spec.with_channel(write_end).to_json().encode())
+        process.stdin.close()
+        watch = _supervise(process, read_end, timeout_s, memory_mb, on_event)
+        wall = time.perf_counter() - started
+        if compat:
+            return _compat_result(spec, watch, process.returncode, wall, _tail(log_path))
+        return _result(spec, watch, process.returncode, wall, _tail(log_path))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _supervise(process: subprocess.Popen, read_end: int, timeout_s: float, memory_mb: int,
+               on_event: EventHandler | None) -> _Watch:
+    watch = _Watch()
+    stop_requested = threading.Event()
+
+    def read_events() -> None:
+        with os.fdopen(read_end, "r") as stream:
+            for line in stream:
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                watch.events.append(event)
+                if on_event is not None and on_event(event):
+                    stop_requested.set()
+
+    reader = threading.Thread(target=read_events, daemon=True)
+    reader.start()
+    deadline = time.perf_counter() + timeout_s
+    while process.poll() is None:
+        watch.peak_rss_mb = max(watch.peak_rss_mb, rss := group_rss_mb(process))
+        if rss > memory_mb:
+            watch.killed_for, watch.kill_message = Status.OOM, f"resident memory reached {rss:.0f} MB, over the {memory_mb} MB limit"
+        elif time.perf_counter() > deadline:
+            watch.killed_for, watch.kill_message = Status.TIMEOUT, f"still running at the {timeout_s:.0f}s deadline; killed"
+        elif stop_requested.is_set():
+            watch.killed_for, watch.kill_message = Status.PRUNED, "stopped early by the scheduler"
+        if watch.killed_for is not None:
+            kill_group(process)
+            break
+        time.sleep(_POLL_SECONDS)
+    process.wait()
+    kill_group(process)  # nothing the variant started outlives it
+    reader.join(timeout=5)
+    return watch
+
+
+def _result(spec: RunSpec, watch: _Watch, returncode: int, wall: float, log_tail: str) -> EvalResult:
+    start = next((e for e in watch.events if e["event"] == "start"), {})
+    final = next((e for e in watch.events if e["event"] in ("result", "error")), None)
+    curve = tuple(CurvePoint(**{k: e[k] for k in ("progress", "step", "tokens", "seconds", "val_bpb", "train_loss")})
+                  for e in watch.events if e["event"] == "probe")
+    status, message = _classify(watch, final, returncode, log_tail)
+    metrics = {k: final[k] for k in ("val_bpb", "steps", "tokens", "training_seconds", "tokens_per_second",
+                                     "peak_memory_mb") if final and k in final}
+    if not metrics.get("steps"):
+        progress = [e for e in watch.events if e["event"] in ("progress", "probe")]
+        if progress:  # a killed run still says how far it got
+            metrics.update(steps=progress[-1]["step"], tokens=progress[-1]["tokens"],
+                           training_seconds=progress[-1]["seconds"])
+    if status is not Status.OK:
+        metrics.pop("val_bpb", None)
+    metrics.setdefault("peak_memory_mb", watch.peak_rss_mb)
+    extra = {k: v for k, v in start.items() if k not in ("event", "device")}
+    if final and "parameters" in final:
+        extra["parameters"] = final["parameters"]
+    extra["peak_rss_mb"] = round(watch.peak_rss_mb, 1)
+    return EvalResult(status=status, message=message, curve=curve, wall_seconds=wall, device=start.get("device", spec.device),
+                      budget=str(spec.budget), budget_unit=spec.budget.unit.value, seed=spec.seed, split=spec.split,
+                      log_tail=log_tail, extra=extra, **metrics)
+
+
+def _classify(watch: _Watch, final: dict | None, returncode: int, log_tail: str) -> tuple[Status, str]:
+    if watch.killed_for is not None:
+        return watch.killed_for, watch.kill_message
+    if final is not None:
+        return Status(final["status"]), final.get("message", "")
+    if returncode < 0:
+        if returncode == -9:  # not ours: the kernel's OOM killer is the usual sender
+            return Status.OOM, "killed by SIGKILL, most likely the system ran out of memory"
+        return Status.CRASH, f"killed by signal {-returncode}"
+    last_line = next((line for line in reversed(log_tail.splitlines()) if line.strip()), "")
+    if returncode == 0:
+        return Status.INVALID, "the script ended without calling runtime.finish(model)"
+    return Status.CRASH, f"exited with code {returncode}: {last_line}"[:300]
+
+
+def _tail(log_path: Path) -> str:
+    try:
+        text = log_path.read_bytes()[-_LOG_TAIL_CHARS * 4 :].decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-_LOG_TAIL_LINES:])[-_LOG_TAIL_CHARS:]
+
+
+def _compat_result(spec: RunSpec, watch: _Watch, returncode: int, wall: float, log_tail: str) -> EvalResult:
+    status, message = _classify(watch, None, returncode, log_tail)
+    printed = printed_metrics(log_tail)
+    if status is Status.INVALID:  # exited 0: a compat script's contract is the printed line
+        status, message = (Status.OK, "compatibility mode: score printed by the script itself") if "val_bpb" in printed \
+            else (Status.INVALID, "compatibility mode: the script printed no `val_bpb:` line")
+    if status is Status.OK and not math.isfinite(printed["val_bpb"]):
+        status, message = Status.NAN, f"the script printed val_bpb: {printed['val_bpb']}"
+    if status is not Status.OK:
+        printed.pop("val_bpb", None)
+    printed.setdefault("peak_memory_mb", watch.peak_rss_mb)
+    seconds = printed.get("training_seconds", 0.0)
+    return EvalResult(status=status, message=message, trusted=False, wall_seconds=wall, device=spec.device,
+                      budget="set by the script", budget_unit="script", seed=spec.seed, split=spec.split,
+                      log_tail=log_tail, tokens_per_second=printed.get("tokens", 0) / seconds if seconds else 0.0,
+                      **printed)
+
+
+def support_files(script: Path) -> dict[str, str]:
+    """Python files beside a script (autoresearch's train.py imports its prepare.py)."""
+    return {p.name: p.read_text() for p in sorted(script.parent.glob("*.py")) if p.name != script.name}

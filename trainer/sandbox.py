@@ -1,0 +1,81 @@
+"""Process isolation for untrusted variants: a scrubbed environment and process-group control."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import psutil
+
+import trainer
+
+# Only these variables reach a variant; everything else (API keys, cloud credentials,
+# the data cache location) stays with the driver.
+_ALLOWED = re.compile(
+    r"^(PATH|LANG|LANGUAGE|LC_[A-Z]+|TZ|TERM|LD_LIBRARY_PATH|CUDA_[A-Z_]+|NVIDIA_[A-Z_]+"
+    r"|TORCHINDUCTOR_[A-Z_]+|TRITON_[A-Z_]+|OPENBLAS_[A-Z_]+|OMP_[A-Z_]+|MKL_[A-Z_]+|VIRTUAL_ENV)$"
+)
+_SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE|SESSION", re.IGNORECASE)
+
+
+def scrubbed_env(scratch: Path, threads: int, compile_cache: Path | None, keep_home: bool = False) -> dict[str, str]:
+    """The variant's whole environment; `keep_home` for compat scripts whose data lives under ~/.cache."""
+    env = {k: v for k, v in os.environ.items() if _ALLOWED.match(k) and not _SECRET.search(k)}
+    tmp = scratch / "tmp"
+    tmp.mkdir(exist_ok=True)
+    env.update(
+        HOME=os.environ.get("HOME", str(scratch)) if keep_home else str(scratch),
+        TMPDIR=str(tmp),
+        PYTHONPATH=str(Path(trainer.__file__).resolve().parent.parent),  # the trusted runtime, nothing else
+        PYTHONHASHSEED="0",
+        PYTHONUNBUFFERED="1",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if compile_cache is not None:
+        # Sharing the compile caches between evaluations halves the first compiled step (DESIGN.md).
+        env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache / "inductor"))
+        env.setdefault("TRITON_CACHE_DIR", str(compile_cache / "triton"))
+    return env
+
+
+def limit_address_space(pid: int, megabytes: int) -> None:
+    """Hard memory ceiling for CPU runs; CUDA maps huge virtual ranges, so never use it there."""
+    limit = megabytes * 2**20
+    psutil.Process(pid).rlimit(psutil.RLIMIT_AS, (limit, limit))
+
+
+def group_rss_mb(process: subprocess.Popen) -> float:
+    """Resident memory of the child and everything it started."""
+    try:
+        root = psutil.Process(process.pid)
+        members = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0
+    for member in members:
+        try:
+            total += member.memory_info().rss
+        except psutil.Error:
+            continue
+    return total / 2**20
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL the child's process group and any descendant that left it."""
+    try:
+        stragglers = psutil.Process(process.pid).children(recursive=True)
+    except psutil.Error:
+        stragglers = []
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for child in stragglers:
+        try:
+            child.kill()
+        except psutil.Error:
+            continue
