@@ -16,6 +16,8 @@ import torch.nn.functional as F
 
 from trainer.result import Status
 
+_CE_CHUNK = 8192  # positions per float64 cross-entropy chunk: bounds the extra memory
+
 
 class RunFailure(Exception):
     """The variant broke the contract; the status says how."""
@@ -67,11 +69,13 @@ def bits_per_byte(
         y = targets[start : start + batch_rows].to(device, non_blocking=True)
         with autocast:
             logits = checked_logits(model, x, vocab_size)
-        nats = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
-        n_bytes = token_bytes[y.flatten()]
-        total_nats += (nats * (n_bytes > 0)).sum(dtype=torch.float64)
-        total_bytes += n_bytes.sum()
-    return (total_nats / (math.log(2) * total_bytes)).item()
+        for chunk, target in zip(logits.flatten(0, 1).split(_CE_CHUNK), y.flatten().split(_CE_CHUNK)):
+            # float64 so the score depends on the logits alone, not on float32 rounding paths
+            nats = F.cross_entropy(chunk.double(), target, reduction="none")
+            n_bytes = token_bytes[target]
+            total_nats += (nats * (n_bytes > 0)).sum()
+            total_bytes += n_bytes.sum()
+    return total_nats.item() / (math.log(2) * total_bytes.item())
 
 
 @torch.no_grad()
