@@ -1,0 +1,79 @@
+"""The `search` command line, driven as a user drives it: a real process, real output."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from search.cli import cli
+from tests.conftest import tiny_script
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def search(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "search", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_does_not_import_torch():
+    probe = "import sys; from search.cli import cli; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", sorted(cli.commands))
+def test_every_command_has_help_and_is_in_the_readme(name):
+    command = cli.commands[name]
+    assert command.help and command.help.strip()
+    assert all(param.help for param in command.params if param.param_type_name == "option"), name
+    assert f"search {name}" in README.read_text()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["run", "no/such/train.py"], "no such file"),
+    (["run", "--dataset", "wikipedia"], "unknown dataset"),
+    (["run", "--dataset", "text:/no/such/folder"], "does not exist"),
+    (["run", "--budget", "5m"], "ambiguous"),
+    (["run", "--device", "tpu"], "unknown device"),
+    (["prepare", "--tokenizer", "wordpiece"], "unknown tokenizer"),
+])
+def test_bad_input_is_one_clear_line(args, words):
+    result = search(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("Error: ") and words in result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+
+
+def test_run_prints_a_summary_block(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(tiny_script())
+    result = search("run", str(script), "--budget", "8k", "--device", "cpu", "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    for key in ("status", "val_bpb", "steps", "tokens", "tokens/s", "peak memory", "wall time"):
+        assert key in result.stdout
+    assert "probe" in result.stderr  # progress is streamed while it trains
+
+
+def test_run_json_output_is_the_result(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(tiny_script())
+    result = search("run", str(script), "--budget", "8k", "--device", "cpu", "--format", "json")
+    data = json.loads(result.stdout)
+    assert data["status"] == "ok" and data["val_bpb"] > 0 and data["budget_unit"] == "tokens"
+
+
+def test_failed_run_exits_nonzero_and_shows_the_log_tail(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(tiny_script(before_finish="raise RuntimeError('boom')"))
+    result = search("run", str(script), "--budget", "4k", "--device", "cpu")
+    assert result.returncode == 1
+    assert "crash" in result.stdout and "RuntimeError: boom" in result.stderr
+
+
+def test_prepare_reports_the_splits():
+    result = search("prepare", "--format", "json")
+    data = json.loads(result.stdout)
+    assert data["name"] == "shakespeare" and data["vocab_size"] == 256
+    assert all(data["tokens"][split] > 0 for split in ("train", "val", "test"))
