@@ -131,9 +131,31 @@ def _slot(edit: Edit) -> str:
     return f"+{edit.target}" if edit.action is Action.INSERT else edit.target
 
 
+def _owner(edit: Edit) -> str | None:
+    """The class whose member an edit targets, or None for a top-level edit."""
+    if "." in edit.target and not edit.target.startswith("<"):
+        return edit.target.split(".")[0]
+    return None
+
+
+def _lift(base: str, mutation: Mutation, owners: set[str]) -> Mutation:
+    """Member edits of these classes as one replacement of each whole class, so they can be
+    merged with a side that replaced the class (for instance only the comments above it)."""
+    kept = [e for e in mutation.edits if _owner(e) not in owners]
+    if len(kept) == len(mutation.edits):
+        return mutation
+    changed = addressable_units(apply_mutation(base, Mutation(tuple(e for e in mutation.edits if _owner(e) in owners))))
+    original = addressable_units(base)
+    lifted = [Edit(Action.REPLACE, owner, changed[owner].code, base_hash=original[owner].hash) for owner in sorted(owners)
+              if owner in changed and owner in original]
+    return Mutation((*kept, *lifted), mutation.name, mutation.description)
+
+
 def merge(base: str, a: Mutation, b: Mutation) -> Mutation:
     """One mutation with the changes of both; MergeConflict naming the unit both change."""
     first, second = sorted((a, b), key=lambda mutation: mutation.key)  # order-independent result
+    replaced = [{e.target for e in m.edits if e.action is Action.REPLACE and _owner(e) is None} for m in (first, second)]
+    first, second = _lift(base, first, replaced[1]), _lift(base, second, replaced[0])
     units = addressable_units(base)
     slots = {_slot(e): e for e in first.edits}
     combined = list(first.edits)
@@ -143,12 +165,11 @@ def merge(base: str, a: Mutation, b: Mutation) -> Mutation:
             combined.append(edit)
         elif mine != edit:
             combined[combined.index(mine)] = _merge_edit(units, mine, edit)
-    whole = {e.target for e in combined if e.action is not Action.INSERT}
+    deleted = {e.target for e in combined if e.action is Action.DELETE}
     for edit in combined:
-        owner = edit.target.split(".")[0]
-        if "." in edit.target and not edit.target.startswith("<") and owner in whole:
-            raise MergeConflict(Conflict(owner, f"one side rewrites class {owner}, the other edits {edit.target}",
-                                         owner, edit.target))
+        if _owner(edit) in deleted:
+            raise MergeConflict(Conflict(_owner(edit), f"one side deletes class {_owner(edit)}, the other edits "
+                                         f"{edit.target}", _owner(edit), edit.target))
     merged = Mutation(tuple(combined), name=f"merge({first.name},{second.name})")
     try:
         apply_mutation(base, merged)

@@ -22,6 +22,8 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from fnmatch import fnmatchcase
 
+from mutations.edits import ApplyError, Mutation, apply_mutation
+
 
 class Reason(str, Enum):
     SYNTAX = "syntax"                      # does not parse
@@ -176,6 +178,16 @@ def validate_source(source: str, *, baseline: str | None = None, max_bytes: int 
     else:
         refusals.extend(_missing_calls(checker.runtime_calls, _required_calls(baseline)))
     return Verdict(tuple(refusals))
+
+
+def validate_mutation(parent: str, mutation: Mutation) -> tuple[str | None, Verdict]:
+    """Apply a mutation to its parent, then validate the child: (child source or None, verdict)."""
+    try:
+        child = apply_mutation(parent, mutation)
+    except ApplyError as error:
+        reason = Reason.NOOP if error.reason == "noop" else Reason.APPLY
+        return None, Verdict((_refusal(reason, f"{error.reason}: {error}"),))
+    return child, validate_source(child, baseline=parent)
 
 
 def _refusal(reason: Reason, message: str, line: int | None = None) -> Refusal:

@@ -77,3 +77,35 @@ def test_prepare_reports_the_splits():
     data = json.loads(result.stdout)
     assert data["name"] == "shakespeare" and data["vocab_size"] == 256
     assert all(data["tokens"][split] > 0 for split in ("train", "val", "test"))
+
+
+def test_catalog_lists_moves_and_why_some_do_not_apply():
+    result = search("catalog", "--format", "json")
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert len(rows) >= 25
+    assert rows["rmsnorm"]["applies"] == "yes"
+    assert rows["attn_temperature"]["applies"] == "no" and "qk_norm" in rows["attn_temperature"]["why not"]
+
+
+def test_mutate_prints_a_diff_and_writes_the_variant(tmp_path):
+    out = tmp_path / "variant.py"
+    result = search("mutate", "--move", "relu2", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("diff --git a/train.py b/train.py")
+    assert "+        return self.dropout(self.proj(F.relu(self.fc(x)).square()))" in result.stdout
+    assert "F.relu(self.fc(x)).square()" in out.read_text()
+    assert "MLP.forward" in result.stderr and "validation: ok" in result.stderr
+
+
+def test_mutate_with_a_move_that_does_not_apply_says_why():
+    result = search("mutate", "--move", "attn_temperature")
+    assert result.returncode == 2 and "needs qk_norm" in result.stderr
+    unknown = search("mutate", "--move", "rmsnrom")
+    assert unknown.returncode == 2 and "unknown move 'rmsnrom'" in unknown.stderr
+
+
+def test_knobs_lists_the_baseline_constants():
+    rows = json.loads(search("knobs", "--format", "json").stdout)
+    by_name = {row["name"]: row for row in rows}
+    assert by_name["LEARNING_RATE"]["distribution"].startswith("log[")
+    assert by_name["HEADS"]["divides"] == "WIDTH"

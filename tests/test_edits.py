@@ -81,7 +81,7 @@ def test_apply_then_revert_round_trips(edit):
     assert apply_mutation(new, invert(BASE, mutation)) == BASE
 
 
-@PROPERTY
+@settings(PROPERTY, max_examples=15)
 @given(line_edit(), line_edit())
 def test_merge_of_disjoint_mutations_is_order_independent(first, second):
     a_source, b_source = with_edits(first), with_edits(second)

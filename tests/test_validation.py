@@ -265,3 +265,16 @@ def test_a_variant_that_fails_at_its_first_step_is_refused_with_the_error():
 def test_a_script_without_the_runtime_is_not_smoke_run():
     refusal = only(smoke_run("print('val_bpb: 1.0')\n"), Reason.NO_RUNTIME)
     assert "from trainer import runtime" in refusal.message
+
+
+def test_a_mutation_that_does_not_apply_is_refused_as_apply():
+    from mutations.diff import structural_diff
+    from mutations.validation import validate_mutation
+
+    mutation = structural_diff(SOURCE, SOURCE.replace("BETA2 = 0.95", "BETA2 = 0.99"))
+    child, verdict = validate_mutation(SOURCE, mutation)
+    assert verdict.ok and "BETA2 = 0.99" in child
+    moved = SOURCE.replace("BETA2 = 0.95", "BETA2 = 0.9")
+    child, verdict = validate_mutation(moved, mutation)
+    assert child is None and [r.reason.value for r in verdict.refusals] == ["apply"]
+    assert "BETA2 has changed" in verdict.summary()

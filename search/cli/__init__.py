@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from search.cli._output import run_cli
+from search.cli.catalog import catalog, knobs, mutate
 from search.cli.prepare import prepare
 from search.cli.run import run
 
@@ -14,8 +15,8 @@ def cli() -> None:
     """evotrain: evolve a train.py with measured, combined, ablated improvements."""
 
 
-cli.add_command(prepare)
-cli.add_command(run)
+for command in (prepare, run, catalog, mutate, knobs):
+    cli.add_command(command)
 
 
 def main() -> None:

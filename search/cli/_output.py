@@ -40,6 +40,18 @@ class Output:
             click.echo(f"  {key:<{width}}  {value}")
 
 
+    def table(self, rows: list[dict], columns: list[str]) -> None:
+        """Rows as aligned columns for people, as a JSON list for programs."""
+        if self.json:
+            click.echo(json.dumps(rows, indent=2, default=str))
+            return
+        cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+        widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
+        click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
+        for r in cells:
+            click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
 def run_cli(group: click.Group) -> None:
     """Known errors become one actionable line and exit code 2; EVOTRAIN_DEBUG=1 re-raises."""
     try:
