@@ -43,6 +43,23 @@ def tiny_script(forward: str = "return self.head(self.emb(idx))", keep_going: st
                               before_finish=before_finish)
 
 
+def edited(source: str, *replacements: tuple[str, str]) -> str:
+    """source with each `old` (which must occur exactly once) replaced by `new`."""
+    for old, new in replacements:
+        assert source.count(old) == 1, f"expected exactly one {old!r} in the source"
+        source = source.replace(old, new)
+    return source
+
+
+def refused(name: str, source: str) -> str:
+    """The reason the catalog move `name` gives for not applying to source."""
+    from mutations.catalog import MOVES, NotApplicable
+
+    with pytest.raises(NotApplicable) as refusal:
+        MOVES[name].apply(source)
+    return str(refusal.value)
+
+
 @pytest.fixture(scope="session")
 def shakespeare_spec() -> RunSpec:
     """A CPU spec on shakespeare with a small validation set, so each evaluation takes seconds."""

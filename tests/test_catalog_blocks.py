@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 
+from tests.conftest import edited, refused
 from trainer.baselines import BASELINE
 from trainer.result import Status
 from trainer.runner import build_spec, run_variant
@@ -125,17 +126,6 @@ QK_NORM_LINE = "        q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.si
 SDPA_LINE = "        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)\n"
 
 
-def edited(source: str, *replacements: tuple[str, str]) -> str:
-    for old, new in replacements:
-        assert source.count(old) == 1, f"expected exactly one {old!r} in the source"
-        source = source.replace(old, new)
-    return source
-
-
-def refused(name: str, source: str) -> str:
-    with pytest.raises(NotApplicable) as refusal:
-        MOVES[name].apply(source)
-    return str(refusal.value)
 
 
 def test_moves_are_named_described_and_ordered():

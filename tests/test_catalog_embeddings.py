@@ -16,6 +16,7 @@ import torch
 from mutations.diff import structural_diff
 from mutations.edits import apply_mutation
 from mutations.merge import merge
+from tests.conftest import edited, refused
 from trainer.baselines import BASELINE
 from trainer.result import Status
 from trainer.runner import build_spec, run_variant
@@ -102,17 +103,6 @@ NANO = textwrap.dedent('''
 NANO_INIT_END = "        self.transformer.wte.weight = self.lm_head.weight  # weight tying\n"
 
 
-def edited(source: str, *replacements: tuple[str, str]) -> str:
-    for old, new in replacements:
-        assert source.count(old) == 1, f"expected exactly one {old!r} in the source"
-        source = source.replace(old, new)
-    return source
-
-
-def refused(name: str, source: str) -> str:
-    with pytest.raises(NotApplicable) as refusal:
-        MOVES[name].apply(source)
-    return str(refusal.value)
 
 
 def test_moves_are_named_described_and_ordered():

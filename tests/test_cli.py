@@ -109,3 +109,16 @@ def test_knobs_lists_the_baseline_constants():
     by_name = {row["name"]: row for row in rows}
     assert by_name["LEARNING_RATE"]["distribution"].startswith("log[")
     assert by_name["HEADS"]["divides"] == "WIDTH"
+
+
+def test_propose_from_the_catalog_prints_a_diff():
+    result = search("propose", "--seed", "3", "--format", "json")
+    data = json.loads(result.stdout)
+    assert data["mutation"]["name"].startswith("catalog:") and data["diff"].startswith("diff --git")
+
+
+def test_propose_with_the_llm_and_no_key_points_to_the_catalog(monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    result = search("propose", "--mutator", "anthropic")
+    assert result.returncode == 2 and "--mutator catalog" in result.stderr
+    assert result.stderr.strip().count("\n") == 0

@@ -121,8 +121,11 @@ def run_variant(
         os.close(write_end)
         if spec.device == "cpu":
             limit_address_space(process.pid, memory_mb + _ADDRESS_SPACE_HEADROOM_MB)
-        process.stdin.write(b"" if compat else spec.with_channel(write_end).to_json().encode())
-        process.stdin.close()
+        try:
+            process.stdin.write(b"" if compat else spec.with_channel(write_end).to_json().encode())
+            process.stdin.close()
+        except BrokenPipeError:
+            pass  # the child died at start-up; its log and exit code say why
         watch = _supervise(process, read_end, timeout_s, memory_mb, on_event)
         wall = time.perf_counter() - started
         if compat:
@@ -186,8 +189,7 @@ def _result(spec: RunSpec, watch: _Watch, returncode: int, wall: float, log_tail
         metrics.pop("val_bpb", None)
     metrics.setdefault("peak_memory_mb", watch.peak_rss_mb)
     extra = {k: v for k, v in start.items() if k not in ("event", "device")}
-    if final and "parameters" in final:
-        extra["parameters"] = final["parameters"]
+    extra.update({k: final[k] for k in ("parameters", "startup_seconds", "eval_seconds") if final and k in final})
     extra["peak_rss_mb"] = round(watch.peak_rss_mb, 1)
     return EvalResult(status=status, message=message, curve=curve, wall_seconds=wall, device=start.get("device", spec.device),
                       budget=str(spec.budget), budget_unit=spec.budget.unit.value, seed=spec.seed, split=spec.split,

@@ -45,7 +45,10 @@ def scrubbed_env(scratch: Path, threads: int, compile_cache: Path | None, keep_h
 def limit_address_space(pid: int, megabytes: int) -> None:
     """Hard memory ceiling for CPU runs; CUDA maps huge virtual ranges, so never use it there."""
     limit = megabytes * 2**20
-    psutil.Process(pid).rlimit(psutil.RLIMIT_AS, (limit, limit))
+    try:
+        psutil.Process(pid).rlimit(psutil.RLIMIT_AS, (limit, limit))
+    except psutil.Error:
+        pass  # already gone: the runner reports how it ended
 
 
 def group_rss_mb(process: subprocess.Popen) -> float:

@@ -30,7 +30,8 @@ _LEAK_CHECK_ROWS = 2
 
 
 class TrainingSession:
-    def __init__(self, spec: RunSpec, channel) -> None:
+    def __init__(self, spec: RunSpec, channel, launched: float | None = None) -> None:
+        self._launched = time.perf_counter() if launched is None else launched
         self.spec = spec
         self._channel = channel
         self.device = torch.device(spec.device)
@@ -59,7 +60,7 @@ class TrainingSession:
         self._steps = 0
         self._micro_batches = 0
         self._training_seconds = 0.0
-        self._started: float | None = None
+        self._started: float | None = None  # first batch: start-up ends here
         self._mark = 0.0             # end of the last accounted interval
         self._last_progress_event = 0.0
         self._last_loss: float | None = None
@@ -132,12 +133,13 @@ class TrainingSession:
             self._fail(Status.OVER_BUDGET, f"{gap:.1f}s passed between the last runtime.step() and finish() "
                                            f"(allowed {grace:.1f}s): work after training is not measured")
         self._finished = True
+        finish_started = time.perf_counter()
         model.eval()
         try:
             leak = find_leak(model, self._eval_inputs[:_LEAK_CHECK_ROWS], self.vocab_size, self.autocast(),
                              self.device, relative_tolerance=1e-4 if self.dtype == torch.float32 else 1e-2)
             if leak:
-                self._send("result", status=Status.LEAK.value, message=leak, **self._metrics(model))
+                self._send("result", status=Status.LEAK.value, message=leak, **self._metrics(model, finish_started))
                 return
             val_bpb = self._bpb(model, self._eval_inputs, self._eval_targets)
         except RunFailure as failure:
@@ -146,7 +148,7 @@ class TrainingSession:
             raise
         status, message = (Status.OK, "") if math.isfinite(val_bpb) else (Status.NAN, f"validation loss is {val_bpb}")
         self._send("result", status=status.value, message=message,
-                   val_bpb=val_bpb if math.isfinite(val_bpb) else None, **self._metrics(model))
+                   val_bpb=val_bpb if math.isfinite(val_bpb) else None, **self._metrics(model, finish_started))
 
     def autocast(self) -> AbstractContextManager:
         if self.dtype == torch.float32:
@@ -182,8 +184,11 @@ class TrainingSession:
         return {"progress": round(min(self.progress(), 1.0), 4), "step": self._steps, "tokens": self._tokens,
                 "seconds": round(self._training_seconds, 3)}
 
-    def _metrics(self, model: torch.nn.Module) -> dict:
+    def _metrics(self, model: torch.nn.Module, finish_started: float) -> dict:
+        started = self._started if self._started is not None else finish_started
         return {
+            "startup_seconds": started - self._launched,  # interpreter, imports, data, model, first batch
+            "eval_seconds": time.perf_counter() - finish_started,  # leak check and validation
             "steps": self._steps,
             "tokens": self._tokens,
             "training_seconds": self._training_seconds,

@@ -25,7 +25,18 @@ def statements(code: str) -> list[Statement]:
     return body
 
 
-def _assigned_name(statement: cst.CSTNode) -> str | None:
+def code(node: cst.CSTNode) -> str:
+    """A node's source text."""
+    return cst.Module([]).code_for_node(node)
+
+
+def methods(cls: cst.ClassDef) -> list[cst.FunctionDef]:
+    """The methods of a class with an indented body."""
+    return [s for s in cls.body.body if isinstance(s, cst.FunctionDef) and isinstance(s.body, cst.IndentedBlock)]
+
+
+def assigned_name(statement: cst.CSTNode) -> str | None:
+    """The name a `name = value` statement assigns, else None."""
     if m.matches(statement, m.SimpleStatementLine(body=[m.Assign(targets=[m.AssignTarget(target=m.Name())])])):
         return statement.body[0].targets[0].target.value
     return None
@@ -34,7 +45,7 @@ def _assigned_name(statement: cst.CSTNode) -> str | None:
 def constant_value(module: cst.Module, name: str) -> cst.BaseExpression | None:
     """The value assigned to a module-level name, or None."""
     for statement in module.body:
-        if _assigned_name(statement) == name:
+        if assigned_name(statement) == name:
             return statement.body[0].value
     return None
 
@@ -52,7 +63,7 @@ def map_constant(module: cst.Module, name: str,
         raise NotApplicable(f"no module-level constant {name}")
 
     def rewrite(statement: cst.CSTNode) -> cst.CSTNode:
-        if _assigned_name(statement) != name:
+        if assigned_name(statement) != name:
             return statement
         assign = statement.body[0]
         if is_pick(assign.value):
@@ -75,7 +86,7 @@ def add_constants(module: cst.Module, constants: Sequence[tuple[str, str, str]])
         if constant_value(module, name) is not None:
             raise NotApplicable(f"{name} is already defined")
     body = list(module.body)
-    upper = [i for i, s in enumerate(body) if (n := _assigned_name(s)) and n.isupper()]
+    upper = [i for i, s in enumerate(body) if (n := assigned_name(s)) and n.isupper()]
     at = upper[-1] + 1 if upper else _after_imports(body)
     new = [statements(f"{name} = {value}  # {comment}")[0] for name, value, comment in constants]
     return module.with_changes(body=[*body[:at], *new, *body[at:]])

@@ -42,25 +42,21 @@ def _self_attr(path: str) -> m.BaseMatcherNode:
 
 def _embedding_call(sized_by: re.Pattern[str]) -> m.Call:
     """`nn.Embedding(n, d)` whose first argument's code matches sized_by (vocab_size, seq_len, ...)."""
-    first = m.Arg(m.MatchIfTrue(lambda node: bool(sized_by.search(_code(node)))))
+    first = m.Arg(m.MatchIfTrue(lambda node: bool(sized_by.search(_cst.code(node)))))
     return m.Call(func=m.Attribute(value=_NN, attr=m.Name("Embedding")), args=[first, m.ZeroOrMore()])
 
 
 # ---------------------------------------------------------------- generic edits
-def _code(node: cst.CSTNode) -> str:
-    return cst.Module([]).code_for_node(node)
 
 
 def _class(module: cst.Module, name: str) -> cst.ClassDef:
     return next(s for s in module.body if isinstance(s, cst.ClassDef) and s.name.value == name)
 
 
-def _methods(cls: cst.ClassDef) -> list[cst.FunctionDef]:
-    return [s for s in cls.body.body if isinstance(s, cst.FunctionDef)]
 
 
 def _method(cls: cst.ClassDef, name: str) -> cst.FunctionDef | None:
-    return next((f for f in _methods(cls) if f.name.value == name), None)
+    return next((f for f in _cst.methods(cls) if f.name.value == name), None)
 
 
 def _edit_method(module: cst.Module, cls_name: str, method: str,
@@ -91,11 +87,6 @@ def _append(fn: cst.FunctionDef, code: str) -> cst.FunctionDef:
     return _insert(fn, fn.body.body[-1], code, after=True)
 
 
-def _assigned(line: cst.CSTNode) -> str | None:
-    """The name a `name = value` line assigns, else None."""
-    if m.matches(line, m.SimpleStatementLine(body=[m.Assign(targets=[m.AssignTarget(m.Name())])])):
-        return line.body[0].targets[0].target.value
-    return None
 
 
 def _with_kwarg(call: cst.Call, name: str, code: str) -> cst.Call:
@@ -190,7 +181,7 @@ class _Attention:
 def _attention(module: cst.Module) -> _Attention:
     """The first class method calling `F.scaled_dot_product_attention(q, k, v, ...)` on plain names."""
     for cls in _cst.classes_containing(module, _SDPA):
-        for fn in _methods(cls):
+        for fn in _cst.methods(cls):
             for call in m.findall(fn, _SDPA):
                 if len(call.args) >= 3 and all(m.matches(a, m.Arg(m.Name(), keyword=None)) for a in call.args[:3]):
                     return _Attention(cls.name.value, fn.name.value, *(a.value.value for a in call.args[:3]))
@@ -224,7 +215,7 @@ def _token_embedding(module: cst.Module) -> tuple[str, str, str]:
 
 
 def _method_calling(cls: cst.ClassDef, path: str) -> str:
-    for fn in _methods(cls):
+    for fn in _cst.methods(cls):
         if fn.name.value != "__init__" and _cst.contains(fn, m.Call(func=_self_attr(path))):
             return fn.name.value
     raise NotApplicable(f"{cls.name.value} never calls self.{path}(...)")
@@ -236,7 +227,7 @@ def _block(module: cst.Module, attn_cls: str) -> tuple[str, str, str]:
     for cls in _cst.classes_containing(module, created):
         for assign in m.findall(cls, created):
             attr = assign.targets[0].target.attr.value
-            for fn in _methods(cls):
+            for fn in _cst.methods(cls):
                 if fn.name.value != "__init__" and _cst.contains(fn, m.Call(func=_self_attr(attr))):
                     return cls.name.value, fn.name.value, attr
     raise NotApplicable(f"no block class that creates `self.<attr> = {attn_cls}(...)` and calls self.<attr>(...)")
@@ -258,7 +249,7 @@ def _loop_in(fn: cst.FunctionDef) -> tuple[cst.For, cst.SimpleStatementLine] | N
 def _block_loop(module: cst.Module) -> tuple[str, str]:
     """(class, method) holding the loop `for block in self.<blocks>: x = block(x)`."""
     for cls in (s for s in module.body if isinstance(s, cst.ClassDef)):
-        for fn in _methods(cls):
+        for fn in _cst.methods(cls):
             if _loop_in(fn):
                 return cls.name.value, fn.name.value
     raise NotApplicable("no loop `for block in self.<blocks>: x = block(x)` in a class method")
@@ -336,7 +327,7 @@ class EmbedNorm(Move):
         def edit(fn: cst.FunctionDef) -> cst.FunctionDef:
             body = list(fn.body.body)
             at = next((i for i, s in enumerate(body) if _cst.contains(s, m.Call(func=_self_attr(path)))), None)
-            name = _assigned(body[at]) if at is not None else None
+            name = _cst.assigned_name(body[at]) if at is not None else None
             if name is None:
                 raise NotApplicable(f"the lookup self.{path}(...) is not assigned to a name in {model}.{method}")
             if at + 1 < len(body) and _cst.contains(body[at + 1], _fn_call("rms_norm", m.Name(name))):
@@ -395,7 +386,7 @@ def _gelu_from_linear(cls: cst.ClassDef, fn: cst.FunctionDef) -> tuple[cst.Call,
         if isinstance(source, cst.Name):  # the name's last assignment before the GELU line
             lines = m.findall(fn, m.SimpleStatementLine())
             at = lines.index(_line_of(fn, call))
-            assigned = [line.body[0].value for line in lines[:at] if _assigned(line) == source.value]
+            assigned = [line.body[0].value for line in lines[:at] if _cst.assigned_name(line) == source.value]
             source = assigned[-1] if assigned else source
         for up in linears:
             if m.matches(source, m.Call(func=_self_attr(up))):
@@ -411,7 +402,7 @@ class SwiGLU(Move):
     # The hidden width is kept, so the MLP has 1.5x its parameters: the MLP width knob (MLP_RATIO in the
     # baseline) can trade them back (LLaMA's parameter-matched choice is 2/3 of the GELU width).
     def transform(self, module: cst.Module) -> cst.Module:
-        found = next(((cls, fn, hit) for cls in module.body if isinstance(cls, cst.ClassDef) for fn in _methods(cls)
+        found = next(((cls, fn, hit) for cls in module.body if isinstance(cls, cst.ClassDef) for fn in _cst.methods(cls)
                       if (hit := _gelu_from_linear(cls, fn))), None)
         if found is None:
             if _cst.contains(module, _fn_call("silu")):
@@ -423,7 +414,7 @@ class SwiGLU(Move):
         def gate(fn: cst.FunctionDef) -> cst.FunctionDef:
             act, _ = _gelu_from_linear(_class(module, cls.name.value), fn)
             line = _line_of(fn, act)
-            split = _cst.statements(f"gate, up = {_code(act.args[0].value)}.chunk(2, dim=-1)")
+            split = _cst.statements(f"gate, up = {_cst.code(act.args[0].value)}.chunk(2, dim=-1)")
             gated = line.deep_replace(act, cst.parse_expression(f"{F}.silu(gate) * up"))
             return fn.deep_replace(line, cst.FlattenSentinel([*split, gated]))
 
@@ -434,7 +425,7 @@ class SwiGLU(Move):
                        if (a.keyword and a.keyword.value == "out_features") or (i == 1 and a.keyword is None))
             tight = isinstance(out.value, (cst.Name, cst.Attribute, cst.Integer, cst.Call)) or m.matches(
                 out.value, m.BinaryOperation(operator=m.Multiply()))
-            doubled = cst.parse_expression(f"2 * {_code(out.value)}" if tight else f"2 * ({_code(out.value)})")
+            doubled = cst.parse_expression(f"2 * {_cst.code(out.value)}" if tight else f"2 * ({_cst.code(out.value)})")
             return init.deep_replace(out, out.with_changes(value=doubled))
 
         module = _edit_method(module, cls.name.value, fn.name.value, gate)
@@ -465,7 +456,7 @@ def _drop_term(fn: cst.FunctionDef, term: m.BaseMatcherNode) -> cst.FunctionDef 
 
 def _drop_unused(fn: cst.FunctionDef, name: str) -> cst.FunctionDef:
     """fn without its `name = ...` lines when name is no longer read."""
-    lines = [s for s in fn.body.body if _assigned(s) == name]
+    lines = [s for s in fn.body.body if _cst.assigned_name(s) == name]
     if lines and len(m.findall(fn, m.Name(name))) == len(lines):
         for line in lines:
             fn = fn.deep_remove(next(s for s in fn.body.body if s.deep_equals(line)))
@@ -479,8 +470,8 @@ def _drop_position_lookup(fn: cst.FunctionDef, path: str) -> cst.FunctionDef:
     inputs = [a.value.value for a in m.findall(fn, lookup)[0].args if isinstance(a.value, cst.Name)]
     new = _drop_term(fn, lookup)
     if new is None:
-        line = next((s for s in fn.body.body if _assigned(s) and m.matches(s.body[0].value, lookup)), None)
-        new = line and _drop_term(fn.deep_remove(line), m.Name(_assigned(line)))
+        line = next((s for s in fn.body.body if _cst.assigned_name(s) and m.matches(s.body[0].value, lookup)), None)
+        new = line and _drop_term(fn.deep_remove(line), m.Name(_cst.assigned_name(line)))
     if new is None:
         raise NotApplicable(f"the position lookup self.{path}(...) is not added to the token embedding with +")
     for name in inputs:
@@ -509,7 +500,7 @@ class RoPE(Move):
         att = _attention(module)
         model, path = _embedding(module, _POSITIONS, "learned position embedding nn.Embedding(seq_len, d)")
         method = _method_calling(_class(module, model), path)
-        uses = [fn.name.value for fn in _methods(_class(module, model))
+        uses = [fn.name.value for fn in _cst.methods(_class(module, model))
                 if fn.name.value != "__init__" and _cst.contains(fn, _self_attr(path))]
         if uses != [method] or len(m.findall(_class(module, model), m.Call(func=_self_attr(path)))) != 1:
             raise NotApplicable(f"self.{path} is used beyond one lookup (in {', '.join(uses)}): "
@@ -597,15 +588,15 @@ class ValueResidual(Move):
             fn = _thread_block(fn, p.attn_attr, "v1")
             line = _lines_with(fn, m.Call(func=_self_attr(p.attn_attr)))[0]
             call = m.findall(line, m.Call(func=_self_attr(p.attn_attr)))[0]
-            hoisted = _cst.statements(f"attn_out, v1 = {_code(call)}")
+            hoisted = _cst.statements(f"attn_out, v1 = {_cst.code(call)}")
             fn = fn.deep_replace(line, cst.FlattenSentinel([*hoisted, line.deep_replace(call, cst.Name("attn_out"))]))
             return _return_also(fn, "v1")
 
         def loop(fn: cst.FunctionDef) -> cst.FunctionDef:
             fn = _insert(fn, _loop_in(fn)[0], "v1 = None")
             _, line = _loop_in(fn)
-            x, call = _assigned(line), line.body[0].value
-            return fn.deep_replace(line, _cst.statements(f"{x}, v1 = {_code(_with_kwarg(call, 'v1', 'v1'))}")[0])
+            x, call = _cst.assigned_name(line), line.body[0].value
+            return fn.deep_replace(line, _cst.statements(f"{x}, v1 = {_cst.code(_with_kwarg(call, 'v1', 'v1'))}")[0])
 
         module = _edit_method(module, p.block, p.block_method, block)
         return _edit_method(module, p.model, p.loop_method, loop)
@@ -638,13 +629,13 @@ class ValueEmbeddings(Move):
         def tables(init: cst.FunctionDef) -> cst.FunctionDef:
             line = _lines_with(init, _embedding_call(_TOKENS))[0]
             embedding = m.findall(line, _embedding_call(_TOKENS))[0]
-            code = (f"self.value_embeds = {_code(embedding.func.value)}.ModuleList("
-                    f"{_code(embedding)} for _ in range(VALUE_EMBED_LAYERS))")
+            code = (f"self.value_embeds = {_cst.code(embedding.func.value)}.ModuleList("
+                    f"{_cst.code(embedding)} for _ in range(VALUE_EMBED_LAYERS))")
             return _insert(init, line, code, after=True)
 
         def lookups(fn: cst.FunctionDef) -> cst.FunctionDef:
-            tokens = _code(m.findall(fn, m.Call(func=_self_attr(path)))[0].args[0].value)
-            blocks = _code(_loop_in(fn)[0].iter)
+            tokens = _cst.code(m.findall(fn, m.Call(func=_self_attr(path)))[0].args[0].value)
+            blocks = _cst.code(_loop_in(fn)[0].iter)
             fn = _insert(fn, _loop_in(fn)[0], f"""
                 value_embeds = [table({tokens}) for table in self.value_embeds]
                 value_embeds = value_embeds + [None] * (len({blocks}) - 2 * len(value_embeds)) + value_embeds

@@ -46,8 +46,6 @@ _BINDS_NN = (_importing(m.ImportAlias(name=_TORCH_NN, asname=m.AsName(m.Name("nn
 
 
 # ---------------------------------------------------------------- finding the model
-def _code(node: cst.CSTNode) -> str:
-    return cst.Module([]).code_for_node(node)
 
 
 def _argument(call: cst.Call, position: int, keyword: str) -> cst.BaseExpression | None:
@@ -60,7 +58,7 @@ def _argument(call: cst.Call, position: int, keyword: str) -> cst.BaseExpression
 
 
 def _is_vocab(value: cst.BaseExpression | None) -> bool:
-    return value is not None and "vocab" in _code(value).lower()
+    return value is not None and "vocab" in _cst.code(value).lower()
 
 
 def _built_modules(node: cst.CSTNode, kind: str) -> dict[str, cst.Call]:
@@ -100,13 +98,11 @@ def _uses(cls: cst.ClassDef, attribute: str) -> bool:
     return _cst.contains(cls, m.Attribute(value=m.Name("self"), attr=m.Name(attribute)))
 
 
-def _methods(cls: cst.ClassDef) -> list[cst.FunctionDef]:
-    return [s for s in cls.body.body if isinstance(s, cst.FunctionDef) and isinstance(s.body, cst.IndentedBlock)]
 
 
 def _find_statement(cls: cst.ClassDef, found: Callable[[cst.CSTNode], bool]) -> tuple[cst.FunctionDef, int] | None:
     """The first method with a top-level statement that is found, and that statement's index."""
-    for method in _methods(cls):
+    for method in _cst.methods(cls):
         for i, statement in enumerate(method.body.body):
             if found(statement):
                 return method, i
@@ -135,7 +131,7 @@ def _embedding_site(model: _Model) -> _EmbeddingSite:
     if not m.matches(statement, _ASSIGN_TO_NAME):
         where = f"{model.cls.name.value}.{method.name.value}"
         raise NotApplicable(f"{where} does not assign the token embedding to a variable")
-    tokens = _code(m.findall(statement, call)[0].args[0].value)
+    tokens = _cst.code(m.findall(statement, call)[0].args[0].value)
     return _EmbeddingSite(method, at, statement.body[0].targets[0].target.value, tokens)
 
 
@@ -157,7 +153,7 @@ def _with_method(cls: cst.ClassDef, new: cst.FunctionDef) -> cst.ClassDef:
 
 def _append_to_init(cls: cst.ClassDef, code: str) -> cst.ClassDef:
     """Statements at the end of `__init__`, after any init loop or `self.apply(...)`."""
-    init = next((f for f in _methods(cls) if f.name.value == "__init__"), None)
+    init = next((f for f in _cst.methods(cls) if f.name.value == "__init__"), None)
     if init is None:
         raise NotApplicable(f"class {cls.name.value} has no __init__ to build the new parameters in")
     return _with_method(cls, _insert(init, len(init.body.body), code))
@@ -204,9 +200,9 @@ class UntiedHead(Move):
 def _head_side(tie: cst.Assign, linears: dict[str, cst.Call]) -> str | None:
     """The code of the tied `<...>.weight` that belongs to an nn.Linear (the head), or None."""
     for side in (tie.targets[0].target, tie.value):
-        owner = side.value.attr.value if isinstance(side.value, cst.Attribute) else _code(side.value)
+        owner = side.value.attr.value if isinstance(side.value, cst.Attribute) else _cst.code(side.value)
         if owner in linears:
-            return _code(side)
+            return _cst.code(side)
     return None
 
 
@@ -273,7 +269,7 @@ class _CapLogits(cst.CSTTransformer):
         if updated_node.value is None or not m.matches(updated_node.value, self.head_call):
             return updated_node
         self.capped += 1
-        return updated_node.with_changes(value=_cst.expr(_capped(_code(updated_node.value))))
+        return updated_node.with_changes(value=_cst.expr(_capped(_cst.code(updated_node.value))))
 
     def leave_IndentedBlock(self, original_node: cst.IndentedBlock,
                             updated_node: cst.IndentedBlock) -> cst.IndentedBlock:
@@ -313,7 +309,7 @@ class X0Shortcut(Move):
             raise NotApplicable(f"no `for block in self.<blocks>: x = block(x)` loop in {model.cls.name.value}")
         method, at = found
         loop = method.body.body[at]
-        x, blocks = loop.body.body[0].body[0].targets[0].target.value, _code(loop.iter)
+        x, blocks = loop.body.body[0].body[0].targets[0].target.value, _cst.code(loop.iter)
         saved = _cst.statements(f"x0 = {x}  # mixed into every block's input")
         method = _splice(method, at, at + 1, [*saved, _x0_loop(loop)])
         nn = _nn(module)
@@ -332,7 +328,7 @@ def _x0_loop(loop: cst.For) -> cst.For:
     mixed = _cst.expr(f"self.resid_lambdas[i] * {first.value.value} + self.x0_lambdas[i] * x0")
     call = assign.value.with_changes(args=[first.with_changes(value=mixed), *rest])
     body = loop.body.with_changes(body=[line.with_changes(body=[assign.with_changes(value=call)])])
-    target, blocks = _cst.expr(f"i, {loop.target.value}"), _cst.expr(f"enumerate({_code(loop.iter)})")
+    target, blocks = _cst.expr(f"i, {loop.target.value}"), _cst.expr(f"enumerate({_cst.code(loop.iter)})")
     return loop.with_changes(target=target, iter=blocks, body=body)
 
 
@@ -392,7 +388,7 @@ class BigramEmbedding(Move):
         method = _insert(site.method, site.at + 1, added)
         nn = _nn(module)
         cls = _append_to_init(_with_method(model.cls, method), f"""
-            self.bigram_embed = {nn}.Embedding(BIGRAM_BUCKETS, {_code(model.width)})  # hashed token pairs
+            self.bigram_embed = {nn}.Embedding(BIGRAM_BUCKETS, {_cst.code(model.width)})  # hashed token pairs
             {nn}.init.zeros_(self.bigram_embed.weight)  # starts as the identity
         """)
         module = _cst.insert_definitions(_cst.replace_class(module, model.cls.name.value, cls), _BIGRAM_BUCKETS)

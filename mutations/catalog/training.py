@@ -57,8 +57,6 @@ _AUTOCAST = m.Call(func=m.Attribute(attr=m.Name("autocast")))
 _NEXT_BATCH = m.Call(func=m.Attribute(value=m.Name("runtime"), attr=m.Name("next_batch")))
 
 
-def _code(node: cst.CSTNode) -> str:
-    return cst.Module([]).code_for_node(node)
 
 
 def _keyword(call: cst.Call, keyword: str) -> cst.BaseExpression | None:
@@ -220,16 +218,16 @@ def _scale_own_lr(module: cst.Module, peak: cst.BaseExpression | None) -> cst.Mo
     (`own * expr / peak` when the line does not name the peak), so the schedule keeps each group's own lr."""
 
     def scale(assign: cst.Assign, _: object) -> cst.Assign:
-        if "initial_lr" in _code(assign.value):
+        if "initial_lr" in _cst.code(assign.value):
             return assign
-        group = _code(assign.targets[0].target.value)
+        group = _cst.code(assign.targets[0].target.value)
         own = _cst.expr(f'{group}.setdefault("initial_lr", {group}["lr"])')
         if isinstance(peak, cst.Name) and _cst.contains(assign.value, m.Name(peak.value)):
             return assign.with_changes(value=m.replace(assign.value, m.Name(peak.value), own))
         if peak is None:
             raise NotApplicable("the lr schedule sets an absolute lr and the AdamW has no lr= to divide it by")
-        ratio = f"{_code(_parenthesized(assign.value))} / {_code(_parenthesized(peak))}"
-        return assign.with_changes(value=_cst.expr(f"{_code(own)} * {ratio}"))
+        ratio = f"{_cst.code(_parenthesized(assign.value))} / {_cst.code(_parenthesized(peak))}"
+        return assign.with_changes(value=_cst.expr(f"{_cst.code(own)} * {ratio}"))
 
     return m.replace(module, _LR_LOOP, lambda loop, _: m.replace(loop, _LR_SET, scale))
 
@@ -343,7 +341,7 @@ class MuonMomentumWarmup(Move):
                                               "Muon's momentum warms up (modded-nanogpt: 300 steps)")])
 
         def ramp(loop: cst.For, _: object) -> cst.For:
-            group = _code(loop.target)
+            group = _cst.code(loop.target)
             new = _cst.statements(f'''
                 if "momentum" in {group}:  # Muon's groups: momentum 0.85 -> MUON_MOMENTUM (modded-nanogpt)
                     ramp = min(runtime.progress() / MUON_WARMUP_FRACTION, 1.0)
@@ -374,7 +372,7 @@ class PerGroupAdam(Move):
 
         def split(call: cst.Call, model: cst.BaseExpression) -> cst.Call:
             at = next(i for i, a in enumerate(call.args) if a.keyword is None or a.keyword.value == "params")
-            grouped = _cst.expr(f"per_role_groups({_code(model)}, {_code(call.args[at].value)})")
+            grouped = _cst.expr(f"per_role_groups({_cst.code(model)}, {_cst.code(call.args[at].value)})")
             return call.with_changes(args=[a.with_changes(value=grouped) if i == at else a
                                            for i, a in enumerate(call.args)])
 
@@ -425,7 +423,7 @@ class WSDSchedule(Move):
         cosine = _half_cosine(m.SaveMatchedNode(m.DoNotCare(), "x"))
 
         def stable_then_linear(node: cst.BaseExpression, found: dict) -> cst.BaseExpression:
-            return _cst.expr(f"min(1.0, (1 - {_code(_parenthesized(found['x']))}) / WARMDOWN_FRACTION)")
+            return _cst.expr(f"min(1.0, (1 - {_cst.code(_parenthesized(found['x']))}) / WARMDOWN_FRACTION)")
 
         lr_function = m.FunctionDef(name=m.Name(m.MatchIfTrue(lambda n: "lr" in n.lower() or "schedule" in n.lower())))
         new = _changed(module, m.replace(module, lr_function, lambda f, _: m.replace(f, cosine, stable_then_linear)),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from search.cli._output import run_cli
-from search.cli.catalog import catalog, knobs, mutate
+from search.cli.catalog import catalog, knobs, mutate, propose
 from search.cli.prepare import prepare
 from search.cli.run import run
 
@@ -15,7 +15,7 @@ def cli() -> None:
     """evotrain: evolve a train.py with measured, combined, ablated improvements."""
 
 
-for command in (prepare, run, catalog, mutate, knobs):
+for command in (prepare, run, catalog, mutate, propose, knobs):
     cli.add_command(command)
 
 

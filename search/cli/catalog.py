@@ -93,3 +93,53 @@ def knobs(train_py: Path | None, device: str, output_format: str) -> None:
     table = knob_table(source, device=resolve_device(device))
     rows = [{k: ("" if v != v else v) for k, v in row.items()} for row in table.to_dict("records")]  # NaN -> ""
     Output(output_format).table(rows, list(table.columns))
+
+
+@click.command()
+@_SCRIPT
+@click.option("--mutator", default="catalog", show_default=True,
+              help="catalog, anthropic (needs ANTHROPIC_API_KEY) or replay:PATH (recorded LLM answers).")
+@click.option("--model", default=None, help="Claude model for --mutator anthropic (default: a current Sonnet).")
+@click.option("--direction", "direction_file", type=click.Path(path_type=Path), default=None,
+              help="Research direction for the LLM, a markdown file like autoresearch's program.md.")
+@click.option("--record", "record_path", type=click.Path(path_type=Path), default=None,
+              help="Append every LLM call to this JSONL file, for replay:PATH later.")
+@click.option("--max-llm-cost", "max_cost_usd", type=float, default=None, help="Stop calling the LLM past this "
+              "many dollars.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the catalog's choice.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Write the changed train.py here.")
+@FORMAT_OPTION
+def propose(train_py: Path | None, mutator: str, model: str | None, direction_file: Path | None,
+            record_path: Path | None, max_cost_usd: float | None, seed: int, output: Path | None,
+            output_format: str) -> None:
+    """Ask a mutation source for one validated change of TRAIN_PY and print its diff."""
+    from mutations.edits import apply_mutation
+    from mutations.knobs import knob_table
+    from mutations.patch import unified_diff
+    from mutations.sources import NoProposal, ProposalRequest, make_source
+
+    script, source = _read(train_py)
+    mutation_source = make_source(mutator, seed=seed, model=model, direction_file=direction_file,
+                                  max_cost_usd=max_cost_usd, record_path=record_path)
+    request = ProposalRequest(parent_source=source, knob_table=knob_table(source).to_string(index=False))
+    try:
+        proposal = mutation_source.propose(request)
+    except NoProposal as reason:
+        raise UserError(f"{mutator} proposed nothing: {reason}") from None
+    changed = apply_mutation(source, proposal.mutation)
+    out = Output(output_format)
+    if output:
+        output.write_text(changed)
+        out.note(f"wrote {output}")
+    diff = unified_diff(source, changed, script.name)
+    if out.json:
+        out.block("", [], {"mutation": proposal.mutation.to_dict(), "rationale": proposal.rationale,
+                           "expected_effect": proposal.expected_effect, "new_knobs": proposal.new_knobs,
+                           "cost_usd": proposal.cost_usd, "diff": diff})
+        return
+    click.echo(diff, nl=False)
+    out.note(f"{proposal.mutation.name}: {proposal.rationale}")
+    if proposal.expected_effect:
+        out.note(f"expected: {proposal.expected_effect}")
+    if proposal.cost_usd:
+        out.note(f"cost: ${proposal.cost_usd:.4f}")

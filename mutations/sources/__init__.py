@@ -1,0 +1,28 @@
+"""Mutation sources: where proposed changes come from (catalog, LLM, replay of recorded LLM answers)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from mutations.sources._base import MutationSource, NoProposal, Outcome, Proposal, ProposalRequest
+from trainer.errors import UserError
+
+__all__ = ["MutationSource", "NoProposal", "Outcome", "Proposal", "ProposalRequest", "make_source"]
+
+
+def make_source(spec: str, *, seed: int = 0, model: str | None = None, direction_file: Path | None = None,
+                max_cost_usd: float | None = None, record_path: Path | None = None) -> MutationSource:
+    """`catalog`, `anthropic` or `replay:PATH` as a source; the LLM ones are imported only when asked for."""
+    if spec == "catalog":
+        from mutations.sources.catalog import CatalogSource
+
+        return CatalogSource(seed=seed)
+    if spec == "anthropic":
+        from mutations.sources.anthropic import DEFAULT_MODEL, AnthropicSource
+
+        return AnthropicSource(model or DEFAULT_MODEL, direction_file=direction_file, max_cost_usd=max_cost_usd,
+                               record_path=record_path)
+    if spec.startswith("replay:"):
+        from mutations.sources.replay import ReplaySource
+
+        return ReplaySource(spec.removeprefix("replay:"), direction_file=direction_file)
+    raise UserError(f"unknown mutator {spec!r}; use catalog, anthropic or replay:PATH (a recorded llm.jsonl)")
