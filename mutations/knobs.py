@@ -64,6 +64,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from trainer.parsing import parse_python
+
 from trainer.errors import UserError
 
 if TYPE_CHECKING:
@@ -357,7 +359,7 @@ def _pick_argument(device: str) -> str:
 
 def _parse(source: str) -> ast.Module:
     try:
-        return ast.parse(source)
+        return parse_python(source)
     except (SyntaxError, ValueError) as error:  # ValueError: null bytes
         raise UserError(f"train.py does not parse: {error}; fix the syntax first") from None
 

