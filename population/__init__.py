@@ -1,1 +1,1 @@
-"""The store of variants and evaluations, fitness statistics, parent selection."""
+"""The store of variants and evaluations (store.py); fitness statistics and parent selection to come."""

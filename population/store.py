@@ -1,0 +1,189 @@
+"""The run store: variants, evaluations and run metadata in one SQL database.
+
+SQLite in the run directory by default (any SQLAlchemy URL works, PostgreSQL included).
+Tables carry an `evotrain_` prefix so Optuna's own tables (`studies`, `trials`, ...) can
+live in the same file and `optuna-dashboard <url>` shows the studies beside them. Every
+write is its own transaction, committed at once: a search killed at any moment loses no
+finished evaluation. Evaluations still marked running when a search starts again were
+interrupted; `requeue_interrupted` removes them so they are run again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from trainer.result import EvalResult
+
+DATABASE = "evotrain.db"
+RUNNING = "running"
+
+_metadata = sa.MetaData()
+_meta = sa.Table(
+    "evotrain_meta", _metadata,
+    sa.Column("key", sa.String(100), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),  # JSON
+)
+_variants = sa.Table(
+    "evotrain_variants", _metadata,
+    sa.Column("id", sa.String(16), primary_key=True),  # hash of source and knob values
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("knobs", sa.Text, nullable=False),       # JSON object, name -> value
+    sa.Column("parents", sa.Text, nullable=False),     # JSON list of variant ids
+    sa.Column("mutation", sa.Text),                    # JSON (mutations.edits.Mutation.to_dict), None for the baseline
+    sa.Column("origin", sa.String(200), nullable=False),  # baseline, catalog:NAME, llm:MODEL, merge, tune
+    sa.Column("created", sa.Float, nullable=False),
+)
+_evaluations = sa.Table(
+    "evotrain_evaluations", _metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("variant_id", sa.String(16), sa.ForeignKey("evotrain_variants.id"), nullable=False),
+    sa.Column("budget", sa.String(40), nullable=False),  # as written: "300k", "60s"
+    sa.Column("seed", sa.Integer, nullable=False),
+    sa.Column("split", sa.String(8), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("val_bpb", sa.Float),
+    sa.Column("result", sa.Text),                        # JSON (EvalResult.to_dict)
+    sa.Column("log_path", sa.Text),
+    sa.Column("started", sa.Float, nullable=False),
+    sa.Column("finished", sa.Float),
+    sa.UniqueConstraint("variant_id", "budget", "seed", "split", name="evotrain_one_evaluation_per_fidelity"),
+)
+
+
+def variant_id(source: str, knobs: dict) -> str:
+    """Identity of a variant: the same source with the same knob values is the same variant."""
+    text = source + "\0" + json.dumps(knobs, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Variant:
+    id: str
+    source: str
+    knobs: dict
+    parents: tuple[str, ...]
+    mutation: dict | None
+    origin: str
+    created: float
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    id: int
+    variant_id: str
+    budget: str
+    seed: int
+    split: str
+    status: str
+    val_bpb: float | None
+    result: EvalResult | None
+    log_path: str | None
+    started: float
+    finished: float | None
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine = sa.create_engine(url)
+        if self._engine.dialect.name == "sqlite":
+            sa.event.listen(self._engine, "connect", _sqlite_pragmas)
+        _metadata.create_all(self._engine)
+
+    @classmethod
+    def in_run_dir(cls, run_dir: str | Path) -> Store:
+        """The default store: an SQLite file in the run directory (made if missing)."""
+        folder = Path(run_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        return cls(f"sqlite:///{folder.resolve() / DATABASE}")
+
+    # ---------------------------------------------------------------- run metadata
+    def set_meta(self, key: str, value: object) -> None:
+        with self._engine.begin() as db:
+            db.execute(sa.delete(_meta).where(_meta.c.key == key))
+            db.execute(sa.insert(_meta).values(key=key, value=json.dumps(value)))
+
+    def meta(self) -> dict:
+        with self._engine.connect() as db:
+            return {row.key: json.loads(row.value) for row in db.execute(sa.select(_meta))}
+
+    # ---------------------------------------------------------------- variants
+    def add_variant(self, source: str, *, knobs: dict | None = None, parents: tuple[str, ...] = (),
+                    mutation: dict | None = None, origin: str) -> tuple[Variant, bool]:
+        """The stored variant and whether it is new; a duplicate (same source and knobs) is not stored twice."""
+        knobs = knobs or {}
+        key = variant_id(source, knobs)
+        existing = self.variant(key)
+        if existing is not None:
+            return existing, False
+        row = dict(id=key, source=source, knobs=json.dumps(knobs, sort_keys=True), parents=json.dumps(list(parents)),
+                   mutation=None if mutation is None else json.dumps(mutation), origin=origin, created=time.time())
+        with self._engine.begin() as db:
+            db.execute(sa.insert(_variants).values(**row))
+        return self.variant(key), True
+
+    def variant(self, key: str) -> Variant | None:
+        with self._engine.connect() as db:
+            row = db.execute(sa.select(_variants).where(_variants.c.id == key)).first()
+        return None if row is None else _variant(row)
+
+    def variants(self) -> list[Variant]:
+        with self._engine.connect() as db:
+            return [_variant(row) for row in db.execute(sa.select(_variants).order_by(_variants.c.created))]
+
+    # ---------------------------------------------------------------- evaluations
+    def begin_evaluation(self, variant: str, budget: str, seed: int, split: str = "val") -> int | None:
+        """Claims one (variant, budget, seed, split); None when it was already evaluated or is running."""
+        with self._engine.begin() as db:
+            try:
+                inserted = db.execute(sa.insert(_evaluations).values(
+                    variant_id=variant, budget=budget, seed=seed, split=split, status=RUNNING, started=time.time()))
+            except sa.exc.IntegrityError:
+                return None
+        return inserted.inserted_primary_key[0]
+
+    def finish_evaluation(self, evaluation: int, result: EvalResult, log_path: str | None = None) -> None:
+        with self._engine.begin() as db:
+            db.execute(sa.update(_evaluations).where(_evaluations.c.id == evaluation).values(
+                status=result.status.value, val_bpb=result.val_bpb, result=json.dumps(result.to_dict()),
+                log_path=log_path, finished=time.time()))
+
+    def requeue_interrupted(self) -> int:
+        """Forgets evaluations a killed search left running, so they run again; how many there were."""
+        with self._engine.begin() as db:
+            return db.execute(sa.delete(_evaluations).where(_evaluations.c.status == RUNNING)).rowcount
+
+    def evaluations(self, variant: str | None = None) -> list[Evaluation]:
+        query = sa.select(_evaluations).order_by(_evaluations.c.id)
+        if variant is not None:
+            query = query.where(_evaluations.c.variant_id == variant)
+        with self._engine.connect() as db:
+            return [_evaluation(row) for row in db.execute(query)]
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+def _sqlite_pragmas(connection, _record) -> None:
+    # WAL lets `search status` and optuna-dashboard read while the search writes.
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def _variant(row) -> Variant:
+    return Variant(row.id, row.source, json.loads(row.knobs), tuple(json.loads(row.parents)),
+                   None if row.mutation is None else json.loads(row.mutation), row.origin, row.created)
+
+
+def _evaluation(row) -> Evaluation:
+    result = None if row.result is None else EvalResult.from_dict(json.loads(row.result))
+    return Evaluation(row.id, row.variant_id, row.budget, row.seed, row.split, row.status, row.val_bpb, result,
+                      row.log_path, row.started, row.finished)
