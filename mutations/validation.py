@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ast
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 from fnmatch import fnmatchcase
 
@@ -462,14 +462,12 @@ def smoke_run(source: str, *, device: str = "cpu", timeout_s: float = 120) -> Ve
     would train for as long as it sets itself.
     """
     from trainer.compat import uses_runtime  # lazy: the runner pulls in psutil and the datasets
-    from trainer.runner import build_spec, run_variant
+    from trainer.runner import run_variant, smoke_spec
 
     if not uses_runtime(source):
         return Verdict((_refusal(Reason.NO_RUNTIME, "the script does not import the runtime: add `from trainer "
                                  "import runtime` so a smoke run can stop it after one step"),))
-    spec = build_spec("1tok", seed=0, device=device, dataset="shakespeare", threads=1)  # the first step spends it
-    spec = replace(spec, profile=replace(spec.profile, eval_tokens=1024, probe_rows=2))
-    result = run_variant(source, spec, timeout_s=timeout_s)
+    result = run_variant(source, smoke_spec(device=device), timeout_s=timeout_s)
     if result.status.is_ok():
         return Verdict()
     lines = [line.strip() for line in result.log_tail.splitlines() if line.strip()]

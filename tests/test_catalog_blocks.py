@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import importlib
 import textwrap
-from dataclasses import replace
 
 import pytest
 
 from tests.conftest import edited, refused
 from trainer.baselines import BASELINE
 from trainer.result import Status
-from trainer.runner import build_spec, run_variant
+from trainer import runner
+from trainer.runner import run_variant
 
 blocks = importlib.import_module("mutations.catalog.blocks")
 NotApplicable = importlib.import_module("mutations.catalog._base").NotApplicable
@@ -393,8 +393,7 @@ def stacked(names: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def smoke_spec():
-    spec = build_spec("4096tok", seed=0, device="cpu", threads=1)  # two optimizer steps of the CPU baseline
-    return replace(spec, profile=replace(spec.profile, eval_tokens=1024, probe_rows=2))
+    return runner.smoke_spec("4096tok")  # two optimizer steps of the CPU baseline
 
 
 def assert_trains(source: str, spec) -> None:

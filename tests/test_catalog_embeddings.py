@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import itertools
 import textwrap
-from dataclasses import replace
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ from mutations.merge import merge
 from tests.conftest import edited, refused
 from trainer.baselines import BASELINE
 from trainer.result import Status
-from trainer.runner import build_spec, run_variant
+from trainer.runner import run_variant, smoke_spec
 
 embeddings = importlib.import_module("mutations.catalog.embeddings")
 NotApplicable = importlib.import_module("mutations.catalog._base").NotApplicable
@@ -325,18 +324,13 @@ def test_every_pair_of_these_moves_merges_on_the_baseline():
 BUDGETS = {"smear": "16k", "bigram_embedding": "16k"}
 
 
-def spec_for(budget: str):
-    spec = build_spec(budget, seed=0, device="cpu", threads=1)
-    return replace(spec, profile=replace(spec.profile, eval_tokens=1024, probe_rows=2))
-
-
 @pytest.mark.parametrize("name", list(MOVES))
 def test_each_move_applies_to_the_baseline_trains_causally_and_refuses_twice(name):
     source = MOVES[name].apply(BASELINE_SOURCE)
     with pytest.raises(NotApplicable, match="already"):
         MOVES[name].apply(source)
     assert source.count("runtime.") == BASELINE_SOURCE.count("runtime.")
-    result = run_variant(source, spec_for(BUDGETS.get(name, "4096tok")), timeout_s=120)
+    result = run_variant(source, smoke_spec(BUDGETS.get(name, "4096tok")), timeout_s=120)
     assert result.status is Status.OK, result.message + result.log_tail
 
 
@@ -344,5 +338,5 @@ def test_the_baseline_run_catches_a_smear_that_looks_ahead():
     causal = "torch.cat([x[:, :1], x[:, 1:] + self.smear_gate * x[:, :-1]], dim=1)"
     ahead = "torch.cat([x[:, :-1] + self.smear_gate * x[:, 1:], x[:, -1:]], dim=1)"
     source = edited(MOVES["smear"].apply(BASELINE_SOURCE), (causal, ahead), ("torch.zeros(1)", "torch.ones(1)"))
-    result = run_variant(source, spec_for("4096tok"), timeout_s=120)
+    result = run_variant(source, smoke_spec("4096tok"), timeout_s=120)
     assert result.status is Status.LEAK, result.message + result.log_tail

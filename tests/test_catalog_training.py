@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 import libcst as cst
@@ -424,10 +423,9 @@ def test_every_move_has_a_smoke_run():
 
 @pytest.fixture(scope="module")
 def smoke_runs():
-    from trainer.runner import build_spec, run_variant
+    from trainer.runner import run_variant, smoke_spec
 
-    spec = build_spec("4096tok", seed=0, device="cpu", threads=1)
-    spec = replace(spec, profile=replace(spec.profile, eval_tokens=1024, probe_rows=2))
+    spec = smoke_spec("4096tok")
 
     def run(source: str, names: list[str]):
         return run_variant(stacked(names, source), spec, timeout_s=180)

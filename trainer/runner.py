@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psutil
@@ -65,6 +65,13 @@ def build_spec(
     prepared = prepare(dataset, tokenizer=tokenizer, log=log)
     return RunSpec.for_device(resolve_device(device), budget=budget, seed=seed, dataset_root=str(prepared.root),
                               split=split, threads=threads, probes=tuple(probes))
+
+
+def smoke_spec(budget: str = "1tok", device: str = "cpu") -> RunSpec:
+    """A spec for a quick check that a variant trains: one thread, a 1024-token validation set.
+    The default budget, one token, is spent by the first step."""
+    spec = build_spec(budget, seed=0, device=device, threads=1)
+    return replace(spec, profile=replace(spec.profile, eval_tokens=1024, probe_rows=2))
 
 
 def default_timeout(budget: Budget) -> float:
