@@ -53,6 +53,28 @@ _evaluations = sa.Table(
     sa.Column("finished", sa.Float),
     sa.UniqueConstraint("variant_id", "budget", "seed", "split", name="evotrain_one_evaluation_per_fidelity"),
 )
+_decisions = sa.Table(
+    "evotrain_decisions", _metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("variant_id", sa.String(16), sa.ForeignKey("evotrain_variants.id"), nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),      # see DECISIONS
+    sa.Column("rung", sa.Integer),                          # the rung it was taken at, when it is a rung's judgement
+    sa.Column("reference", sa.String(16)),                  # the variant it was compared with
+    sa.Column("detail", sa.Text, nullable=False),           # JSON: the paired comparison, a reason, ...
+    sa.Column("time", sa.Float, nullable=False),
+)
+_trials = sa.Table(
+    "evotrain_knob_trials", _metadata,
+    sa.Column("variant_id", sa.String(16), sa.ForeignKey("evotrain_variants.id"), primary_key=True),
+    sa.Column("study", sa.String(100), nullable=False),    # the Optuna study (in the same database)
+    sa.Column("trial_id", sa.Integer, nullable=False),
+)
+
+# What the search concluded about a variant: accepted, rejected, failed, refused and pruned end a
+# candidate's climb through the rungs; an accepted variant stays in the population until retired or dropped.
+DECISIONS = ("accepted", "rejected", "failed", "refused", "pruned", "promoted",
+             "confirmed", "retired",   # an elite re-checked on fresh seeds: kept, or out as a lucky winner
+             "dropped")                # out of a full population, worse than the members kept
 
 
 def variant_id(source: str, knobs: dict) -> str:
@@ -70,6 +92,17 @@ class Variant:
     mutation: dict | None
     origin: str
     created: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    id: int
+    variant_id: str
+    kind: str
+    rung: int | None
+    reference: str | None
+    detail: dict
+    time: float
 
 
 @dataclass(frozen=True)
@@ -164,6 +197,38 @@ class Store:
             query = query.where(_evaluations.c.variant_id == variant)
         with self._engine.connect() as db:
             return [_evaluation(row) for row in db.execute(query)]
+
+    def running(self) -> list[Evaluation]:
+        query = sa.select(_evaluations).where(_evaluations.c.status == RUNNING).order_by(_evaluations.c.id)
+        with self._engine.connect() as db:
+            return [_evaluation(row) for row in db.execute(query)]
+
+    # ---------------------------------------------------------------- decisions
+    def decide(self, variant: str, kind: str, *, rung: int | None = None, reference: str | None = None,
+               detail: dict | None = None) -> None:
+        if kind not in DECISIONS:
+            raise ValueError(f"unknown decision {kind!r}: one of {', '.join(DECISIONS)}")
+        with self._engine.begin() as db:
+            db.execute(sa.insert(_decisions).values(variant_id=variant, kind=kind, rung=rung, reference=reference,
+                                                    detail=json.dumps(detail or {}), time=time.time()))
+
+    def decisions(self, variant: str | None = None) -> list[Decision]:
+        query = sa.select(_decisions).order_by(_decisions.c.id)
+        if variant is not None:
+            query = query.where(_decisions.c.variant_id == variant)
+        with self._engine.connect() as db:
+            return [Decision(r.id, r.variant_id, r.kind, r.rung, r.reference, json.loads(r.detail), r.time)
+                    for r in db.execute(query)]
+
+    # ---------------------------------------------------------------- knob trials
+    def link_trial(self, variant: str, study: str, trial_id: int) -> None:
+        with self._engine.begin() as db:
+            db.execute(sa.insert(_trials).values(variant_id=variant, study=study, trial_id=trial_id))
+
+    def trials(self) -> dict[str, tuple[str, int]]:
+        """variant id -> (study name, Optuna trial id) for every knob-trial variant."""
+        with self._engine.connect() as db:
+            return {r.variant_id: (r.study, r.trial_id) for r in db.execute(sa.select(_trials))}
 
     def close(self) -> None:
         self._engine.dispose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import textwrap
+import threading
 import time
 
 import psutil
@@ -65,19 +66,65 @@ def test_hanging_script_is_killed_at_the_deadline(make_spec):
     assert time.perf_counter() - started < 20
 
 
-def test_killing_takes_the_whole_process_group(make_spec):
-    source = textwrap.dedent("""
-        import subprocess, time
-        from trainer import runtime
-        child = subprocess.Popen(["sleep", "600"])
-        print("CHILD", child.pid, flush=True)
-        time.sleep(600)
-    """)
-    result = run(source, make_spec(), timeout_s=4)
-    assert result.status is Status.TIMEOUT
-    pid = int(re.search(r"CHILD (\d+)", result.log_tail).group(1))
+# Starts a grandchild, prints its pid, then hangs: for the tests that kill a run.
+SPAWNS_A_CHILD = textwrap.dedent("""
+    import subprocess, time
+    from trainer import runtime
+    child = subprocess.Popen(["sleep", "600"])
+    print("CHILD", child.pid, flush=True)
+    time.sleep(600)
+""")
+
+
+def child_pid(log: str) -> int:
+    return int(re.search(r"CHILD (\d+)", log).group(1))
+
+
+def assert_gone(pid: int) -> None:
     time.sleep(0.2)
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def when_child_started(log_path, action) -> threading.Thread:
+    """Runs action in a thread once the script has printed its child's pid."""
+    def watch() -> None:
+        while not (log_path.exists() and "CHILD" in log_path.read_text()):
+            time.sleep(0.05)
+        action()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_killing_takes_the_whole_process_group(make_spec):
+    result = run(SPAWNS_A_CHILD, make_spec(), timeout_s=4)
+    assert result.status is Status.TIMEOUT
+    assert_gone(child_pid(result.log_tail))
+
+
+def test_stop_event_kills_the_run_as_pruned(make_spec, tmp_path):
+    stop, stopped_at = threading.Event(), []
+    when_child_started(tmp_path / "log.txt", lambda: (stopped_at.append(time.perf_counter()), stop.set()))
+    result = run(SPAWNS_A_CHILD, make_spec(), log_path=tmp_path / "log.txt", stop=stop)
+    assert result.status is Status.PRUNED and result.message == "stopped by the search"
+    assert time.perf_counter() - stopped_at[0] < 3
+    assert_gone(child_pid(result.log_tail))
+
+
+def test_interrupted_runner_still_kills_the_group(make_spec, tmp_path, monkeypatch):
+    interrupted = threading.Event()
+    when_child_started(tmp_path / "log.txt", interrupted.set)
+
+    def rss_or_interrupt(process) -> float:  # the runner's poll loop, hit by Ctrl-C once the child runs
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        return 0.0
+
+    monkeypatch.setattr("trainer.runner.group_rss_mb", rss_or_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run(SPAWNS_A_CHILD, make_spec(), log_path=tmp_path / "log.txt")
+    assert_gone(child_pid((tmp_path / "log.txt").read_text()))
 
 
 def test_memory_hog_is_stopped_as_oom(make_spec):

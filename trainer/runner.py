@@ -104,11 +104,13 @@ def run_variant(
     log_path: Path | None = None,
     on_event: EventHandler | None = None,
     support: Mapping[str, str] | None = None,
+    stop: threading.Event | None = None,
 ) -> EvalResult:
     """Evaluate one train.py source under the trusted runtime.
 
     A script that does not import trainer.runtime runs in compatibility mode: as it is,
     with `support` files (its prepare.py, say) beside it, scored by its printed val_bpb.
+    Setting `stop` (from another thread) kills the run; its status is then pruned.
     """
     memory_mb = memory_mb or default_memory_mb()
     compat = not uses_runtime(source)
@@ -133,7 +135,7 @@ def run_variant(
             process.stdin.close()
         except BrokenPipeError:
             pass  # the child died at start-up; its log and exit code say why
-        watch = _supervise(process, read_end, timeout_s, memory_mb, on_event)
+        watch = _supervise(process, read_end, timeout_s, memory_mb, on_event, stop)
         wall = time.perf_counter() - started
         if compat:
             return _compat_result(spec, watch, process.returncode, wall, _tail(log_path))
@@ -143,7 +145,7 @@ def run_variant(
 
 
 def _supervise(process: subprocess.Popen, read_end: int, timeout_s: float, memory_mb: int,
-               on_event: EventHandler | None) -> _Watch:
+               on_event: EventHandler | None, stop: threading.Event | None) -> _Watch:
     watch = _Watch()
     stop_requested = threading.Event()
 
@@ -161,20 +163,23 @@ def _supervise(process: subprocess.Popen, read_end: int, timeout_s: float, memor
     reader = threading.Thread(target=read_events, daemon=True)
     reader.start()
     deadline = time.perf_counter() + timeout_s
-    while process.poll() is None:
-        watch.peak_rss_mb = max(watch.peak_rss_mb, rss := group_rss_mb(process))
-        if rss > memory_mb:
-            watch.killed_for, watch.kill_message = Status.OOM, f"resident memory reached {rss:.0f} MB, over the {memory_mb} MB limit"
-        elif time.perf_counter() > deadline:
-            watch.killed_for, watch.kill_message = Status.TIMEOUT, f"still running at the {timeout_s:.0f}s deadline; killed"
-        elif stop_requested.is_set():
-            watch.killed_for, watch.kill_message = Status.PRUNED, "stopped early by the scheduler"
-        if watch.killed_for is not None:
-            kill_group(process)
-            break
-        time.sleep(_POLL_SECONDS)
-    process.wait()
-    kill_group(process)  # nothing the variant started outlives it
+    try:
+        while process.poll() is None:
+            watch.peak_rss_mb = max(watch.peak_rss_mb, rss := group_rss_mb(process))
+            if rss > memory_mb:
+                watch.killed_for, watch.kill_message = Status.OOM, f"resident memory reached {rss:.0f} MB, over the {memory_mb} MB limit"
+            elif time.perf_counter() > deadline:
+                watch.killed_for, watch.kill_message = Status.TIMEOUT, f"still running at the {timeout_s:.0f}s deadline; killed"
+            elif stop_requested.is_set():
+                watch.killed_for, watch.kill_message = Status.PRUNED, "stopped early by the scheduler"
+            elif stop is not None and stop.is_set():
+                watch.killed_for, watch.kill_message = Status.PRUNED, "stopped by the search"
+            if watch.killed_for is not None:
+                break
+            time.sleep(_POLL_SECONDS)
+    finally:  # also when the runner itself is interrupted (Ctrl-C, a cancelled Ray task)
+        kill_group(process)  # nothing the variant started outlives it
+        process.wait()
     reader.join(timeout=5)
     return watch
 

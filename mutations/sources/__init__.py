@@ -10,12 +10,19 @@ __all__ = ["MutationSource", "NoProposal", "Outcome", "Proposal", "ProposalReque
 
 
 def make_source(spec: str, *, seed: int = 0, model: str | None = None, direction_file: Path | None = None,
-                max_cost_usd: float | None = None, record_path: Path | None = None) -> MutationSource:
-    """`catalog`, `anthropic` or `replay:PATH` as a source; the LLM ones are imported only when asked for."""
-    if spec == "catalog":
+                max_cost_usd: float | None = None, record_path: Path | None = None,
+                device: str = "cuda") -> MutationSource:
+    """`catalog` (or `catalog:MOVE,MOVE` for some moves), `anthropic` or `replay:PATH` as a source; the LLM
+    ones are imported only when asked for."""
+    if spec == "catalog" or spec.startswith("catalog:"):
+        from mutations.catalog import MOVES
         from mutations.sources.catalog import CatalogSource
 
-        return CatalogSource(seed=seed)
+        names = [name.strip() for name in spec.removeprefix("catalog").lstrip(":").split(",") if name.strip()]
+        unknown = [name for name in names if name not in MOVES]
+        if unknown:
+            raise UserError(f"unknown catalog move {unknown[0]!r} in --mutator {spec}: see `search catalog` for the names")
+        return CatalogSource(seed=seed, moves=names or None, device=device)
     if spec == "anthropic":
         from mutations.sources.anthropic import DEFAULT_MODEL, AnthropicSource
 
@@ -25,4 +32,5 @@ def make_source(spec: str, *, seed: int = 0, model: str | None = None, direction
         from mutations.sources.replay import ReplaySource
 
         return ReplaySource(spec.removeprefix("replay:"), direction_file=direction_file)
-    raise UserError(f"unknown mutator {spec!r}; use catalog, anthropic or replay:PATH (a recorded llm.jsonl)")
+    raise UserError(f"unknown mutator {spec!r}; use catalog, catalog:MOVE,MOVE, anthropic or replay:PATH "
+                    "(a recorded llm.jsonl)")

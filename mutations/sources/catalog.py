@@ -11,9 +11,11 @@ from mutations.sources._base import MutationSource, NoProposal, Proposal, Propos
 class CatalogSource(MutationSource):
     name = "catalog"
 
-    def __init__(self, seed: int = 0, moves: list[str] | None = None) -> None:
+    def __init__(self, seed: int = 0, moves: list[str] | None = None, device: str = "cuda") -> None:
         self._random = random.Random(seed)
         self._moves = [MOVES[name] for name in moves] if moves else list(MOVES.values())
+        if device == "cpu":  # moves that change nothing measurable on CPU would only cost evaluations there
+            self._moves = [move for move in self._moves if not move.cuda_only]
 
     def propose(self, request: ProposalRequest) -> Proposal:
         order = self._moves[:]

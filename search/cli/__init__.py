@@ -5,8 +5,10 @@ import click
 
 from search.cli._output import run_cli
 from search.cli.catalog import catalog, knobs, mutate, propose
+from search.cli.evolve import evolve
 from search.cli.prepare import prepare
 from search.cli.run import run
+from search.cli.status import status
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,7 +17,7 @@ def cli() -> None:
     """evotrain: evolve a train.py with measured, combined, ablated improvements."""
 
 
-for command in (prepare, run, catalog, mutate, propose, knobs):
+for command in (evolve, status, prepare, run, catalog, mutate, propose, knobs):
     cli.add_command(command)
 
 

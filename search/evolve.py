@@ -1,0 +1,694 @@
+"""The evolve loop: measure the baseline's noise, evolve a population through the rungs, then combine.
+
+Phases, each resumable from the store: `noise` (the baseline on every rung, and on several
+seeds at the top: the spread is the noise every decision is read against), `search`
+(asynchronous successive halving over children from mutations, knob trials and merges;
+acceptance on a one-sided paired test at the top rung; elites re-checked on fresh seeds),
+then `combine` and `test` (search/combine.py). The driver is the only writer of the store
+and of the Optuna studies; evaluations run on an executor.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import os
+import platform
+import random
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+from importlib import metadata
+from pathlib import Path
+
+from optuna.trial import TrialState
+
+from mutations.edits import Mutation
+from mutations.knobs import extract_knobs
+from mutations.sources import MutationSource, Outcome, ProposalRequest, make_source
+from population.selection import Member, select_pair, select_parent, trim
+from population.stats import Paired, paired, rank_correlation, spread
+from population.store import Store, Variant
+from search import children
+from search.config import EvolveConfig, check_resume
+from search.evaluator import SMOKE_BUDGET, Evaluator, Request, prune_rule
+from search.executors import Executor, LocalExecutor, RayExecutor, local_slots
+from search.knob_tuning import KnobTuner, study_name
+from search.ladder import Ladder, Rung
+from search.lock import RunLock
+from search.progress import Reporter
+from search.snapshot import MemberView, RungView, Snapshot, SlotView
+from trainer.errors import UserError
+from trainer.result import EvalResult, Status
+from trainer.runner import build_spec
+
+FINAL = ("accepted", "rejected", "failed", "refused", "pruned")   # a candidate's run through the rungs ends
+_SNAPSHOT_EVERY = 5.0
+_DRAWN_ATTEMPTS = 3
+_RECENT = 8
+
+
+class Stopped(Exception):
+    """Ctrl-C or SIGTERM: running evaluations were killed and will run again on resume."""
+
+
+@dataclass
+class Candidate:
+    variant: Variant
+    rung: int = 0
+
+    @property
+    def reference(self) -> str:
+        return self.variant.parents[0]
+
+
+def load_baseline(config: EvolveConfig) -> str:
+    from trainer.baselines import BASELINE
+
+    path = config.baseline or BASELINE
+    if not Path(path).is_file():
+        raise UserError(f"no such baseline: {path}; pass the path of a train.py, or nothing for the built-in one")
+    return Path(path).read_text()
+
+
+def make_executor(config: EvolveConfig) -> Executor:
+    if config.executor == "ray":
+        gpus = 1 if config.device_kind == "cuda" else 0
+        return RayExecutor(address=config.ray_address, gpus_per_task=gpus, slots=config.workers)
+    return LocalExecutor(local_slots(config.device, config.workers))
+
+
+class Evolution:
+    def __init__(self, config: EvolveConfig, reporter: Reporter, source: MutationSource | None = None) -> None:
+        self.config, self.reporter = config, reporter
+        self.rng = random.Random(config.seed)
+        self._given_source = source  # a MutationSource object instead of config.mutator (tests, the Python API)
+
+    # ================================================================ setup
+    def run(self) -> dict:
+        """The whole search; returns the final result (also stored as meta "result")."""
+        with RunLock(self.config.run_dir):
+            self._open()
+            previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+            try:
+                return self._phases()
+            except KeyboardInterrupt:
+                self.evaluator.stop()
+                self.store.set_meta("snapshot", {**self.snapshot().to_dict(), "phase": "stopped"})
+                raise Stopped() from None
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+                self.executor.close()
+                self.store.close()
+
+    def _open(self) -> None:
+        config = self.config
+        self.store = Store(config.storage_url())
+        meta = self.store.meta()
+        if "options" in meta:
+            stored = EvolveConfig.from_dict(meta["options"])
+            check_resume(stored, config)
+            self.reporter.event(f"resuming {config.run_dir} (phase {meta.get('phase', 'noise')})")
+        self.store.set_meta("options", config.to_dict())
+        self.store.set_meta("versions", _versions())
+        self.store.set_meta("hardware", {"machine": platform.machine(), "processor": platform.processor(),
+                                         "python": platform.python_version(), "cpus": _cpu_count(),
+                                         "device": config.device_kind})
+        self.phase = meta.get("phase", "noise")
+        self.started = time.time() - meta.get("elapsed", 0.0)
+        self.search_seconds = meta.get("search_seconds", 0.0)
+        self.baseline_source = load_baseline(config)
+        self.baseline, _ = self.store.add_variant(self.baseline_source, knobs=knob_values(self.baseline_source, config),
+                                                  origin="baseline")
+        self.variants = {v.id: v for v in self.store.variants()}
+        self.store.set_meta("baseline", {"id": self.baseline.id, "path": str(config.baseline or "built-in"),
+                                         "hash": config.baseline_hash})
+        self.ladder = Ladder.build(config.top_budget, config.fractions, config.seeds, config.eta, config.seed)
+        template = build_spec(config.top_budget, device=config.device, dataset=config.dataset,
+                              log=self.reporter.event)
+        if config.eval_tokens:
+            template = replace(template, profile=replace(template.profile, eval_tokens=config.eval_tokens))
+        self.executor = make_executor(config)
+        self.evaluator = Evaluator(self.store, self.executor, template, config.run_dir,
+                                   on_finish=self._on_finish, timeout_s=config.timeout)
+        if self.evaluator.requeued:
+            self.reporter.event(f"re-queued {self.evaluator.requeued} evaluations a stopped search left running")
+        self.tuner = KnobTuner(config.storage_url(), config.sampler, config.seed, config.device_kind)
+        self.source = self._given_source or make_source(config.mutator, seed=config.seed, max_cost_usd=config.max_llm_cost,
+                                  record_path=Path(config.run_dir) / "llm.jsonl", device=config.device_kind)
+        self.recent: list[str] = []
+        self.llm_cost = meta.get("llm_cost_usd", 0.0)
+        self.children_made = meta.get("children", 0)
+        self._last_snapshot = 0.0
+
+    def _phases(self) -> dict:
+        from search.combine import Combiner
+
+        if self.phase == "done":
+            self.reporter.event(f"{self.config.run_dir} is finished: see `search status {self.config.run_dir}`")
+            return self.store.meta()["result"]
+        if self.phase == "noise":
+            self.set_phase("noise")
+            self._measure_noise()
+            self.phase = "search"
+        if self.phase == "search":
+            self.set_phase("search")
+            self._search()
+        self.set_phase("combine")
+        result = Combiner(self).run()
+        self.set_phase("done")
+        return result
+
+    # ================================================================ noise
+    def _measure_noise(self) -> None:
+        """The baseline on every rung (the paired reference of the first children), its top rung on
+        several seeds: that spread is the noise the search's decisions are read against."""
+        work = [(Request(self.baseline.id, rung.budget, seed, purpose="noise"), self.baseline_source)
+                for rung in self.ladder.rungs for seed in rung.seeds]
+        self.evaluator.run_all(work)
+        for request, _ in work:
+            result = self.evaluator.result(request)
+            if result is None or not result.status.is_ok():
+                status = result.status.value if result else "missing"
+                message = result.message if result else ""
+                raise UserError(f"the baseline failed at {request.budget} seed {request.seed} ({status}: {message}); "
+                                f"see its log under {Path(self.config.run_dir) / 'logs' / self.baseline.id}")
+        top = list(self.evaluator.scores(self.baseline.id, self.ladder.top.budget, self.ladder.top.seeds).values())
+        noise = {"sd": spread(top), "mean": sum(top) / len(top), "n": len(top), "budget": str(self.ladder.top.budget)}
+        self.store.set_meta("noise", noise)
+        self.event(f"baseline val_bpb {noise['mean']:.4f}, seed sd {noise['sd']:.4f} over {noise['n']} seeds "
+                    f"at {noise['budget']}")
+
+    # ================================================================ search
+    def _search(self) -> None:
+        self._restore()
+        phase_started = time.time() - self.search_seconds
+        while True:
+            self.search_seconds = time.time() - phase_started
+            if self._time_up() and not self._ended:
+                self._end_search()
+            self._fill_slots(propose=not (self._ended or self._enough_children() or self._exhausted))
+            if not self.evaluator.in_flight() and not self.queue:
+                break  # nothing running, nothing queued, and no child to propose
+            for request, result in self.evaluator.poll(timeout=1.0):
+                self._handle(request, result)
+            self._promote()
+            self._snapshot()
+        waiting = set(self.asha.waiting())
+        for candidate in list(self.candidates.values()):
+            reason = "not among the best 1/eta of its rung when the search ended" if candidate.variant.id in waiting \
+                else "the search phase ended before it reached the top rung"
+            self._decide(candidate, "pruned", reason=reason)
+        self.store.set_meta("search_seconds", self.search_seconds)
+
+    def _restore(self) -> None:
+        """Rebuild the search's state from the store: what a resumed search knows."""
+        self.asha = self._new_asha()
+        self.queue: list[tuple[int, int, Request, str]] = []
+        self._order = itertools.count()
+        self._ended = False
+        self._exhausted = False
+        self.accepted_since_recheck = 0
+        self.rechecks: dict[str, tuple[str, tuple[int, ...]]] = self.store.meta().get("rechecks_running", {})
+        decisions = self.store.decisions()
+        final = {d.variant_id for d in decisions if d.kind in FINAL}
+        promoted = {}
+        for d in decisions:
+            if d.kind == "promoted":
+                promoted[d.variant_id] = max(promoted.get(d.variant_id, 0), d.rung)
+                self.asha.mark_promoted(d.rung - 1, d.variant_id)
+            if d.kind in FINAL and d.kind != "accepted":
+                self.asha.close(d.variant_id)
+        self.variants = {v.id: v for v in self.store.variants()}
+        self.trials = self.store.trials()
+        if not any(d.variant_id == self.baseline.id for d in decisions):
+            self.store.decide(self.baseline.id, "accepted", detail={"reason": "the baseline"})
+        self.candidates: dict[str, Candidate] = {}
+        for variant in self.variants.values():
+            if variant.id == self.baseline.id or variant.id in final:
+                continue
+            candidate = Candidate(variant, promoted.get(variant.id, 0))
+            self.candidates[variant.id] = candidate
+            self._resume_candidate(candidate)
+        for variant_id, (reference, seeds) in list(self.rechecks.items()):
+            self._enqueue_recheck(variant_id, reference, tuple(seeds))
+
+    def _new_asha(self):
+        from search.scheduler import Asha
+
+        return Asha(len(self.ladder.rungs), self.ladder.eta)
+
+    def _resume_candidate(self, candidate: Candidate) -> None:
+        for rung in self.ladder.rungs[:candidate.rung]:
+            score = self._rung_comparison(candidate, rung)
+            if score is not None:
+                self.asha.record(rung.index, candidate.variant.id, score.mean)
+        if self._needs_smoke(candidate.variant):
+            smoke = Request(candidate.variant.id, SMOKE_BUDGET, 0, purpose="smoke")
+            result = self.evaluator.result(smoke)
+            if result is None:
+                self._push(1, smoke, candidate.variant.source)
+                return
+            if not result.status.is_ok():
+                self._handle(smoke, result)
+                return
+        self._enter_rung(candidate, candidate.rung)
+
+    def _needs_smoke(self, variant: Variant) -> bool:
+        return variant.origin not in ("tune", "baseline")
+
+    def _time_up(self) -> bool:
+        return self.config.time_limit is not None and self.search_seconds >= self.config.time_limit
+
+    def _enough_children(self) -> bool:
+        """After GENERATIONS x POPULATION children no more are made; those made still climb the rungs."""
+        return self.config.generations is not None and \
+            self.children_made >= self.config.generations * self.config.population
+
+    def _end_search(self) -> None:
+        """Time is up: stop making children; keep only the work of candidates already at the top rung."""
+        self._ended = True
+        top = self.ladder.top.index
+        self.queue = [item for item in self.queue if item[0] <= -top]  # top rung and re-checks
+        heapq.heapify(self.queue)
+        self.event("search time is up: finishing the top rung's evaluations")
+
+    # ---------------------------------------------------------------- scheduling
+    def _push(self, priority: int, request: Request, source: str) -> None:
+        heapq.heappush(self.queue, (priority, next(self._order), request, source))
+
+    def _fill_slots(self, propose: bool) -> None:
+        """Start queued work on free slots, and propose children for the slots left when allowed."""
+        while self.executor.free_slots() > 0:
+            if not self.queue and (not propose or not self._new_child()):
+                return
+            if self.queue:
+                _, _, request, source = heapq.heappop(self.queue)
+                reference = self._reference_result(request)
+                self.evaluator.submit(request, source, prune_rule(reference, self.config.prune_margin))
+
+    def _reference_result(self, request: Request) -> EvalResult | None:
+        candidate = self.candidates.get(request.variant)
+        if candidate is None or request.purpose == "smoke":
+            return None
+        return self.evaluator.result(Request(candidate.reference, request.budget, request.seed))
+
+    def _enter_rung(self, candidate: Candidate, rung_index: int) -> None:
+        candidate.rung = rung_index
+        rung = self.ladder.rungs[rung_index]
+        requests = [Request(candidate.variant.id, rung.budget, seed, purpose=f"rung {rung_index}") for seed in rung.seeds]
+        missing = self.evaluator.missing(requests)
+        for request in missing:
+            self._push(-rung_index, request, candidate.variant.source)
+        if not missing and not any(r.variant == candidate.variant.id for r in self.evaluator.in_flight()):
+            self._rung_done(candidate)
+
+    # ---------------------------------------------------------------- results
+    def _on_finish(self, request: Request, result: EvalResult) -> None:
+        if request.purpose != "smoke":
+            shown = f"{result.val_bpb:.4f}" if result.val_bpb is not None else result.status.value
+            self.event(f"{request.variant[:8]} {request.purpose} {request.budget} seed {request.seed}: {shown}",
+                        quiet=True)
+
+    def _handle(self, request: Request, result: EvalResult) -> None:
+        if request.purpose == "recheck":
+            self._recheck_done(request.variant)
+            return
+        candidate = self.candidates.get(request.variant)
+        if candidate is None:
+            return
+        if request.purpose == "smoke":
+            if result.status.is_ok():
+                self._enter_rung(candidate, 0)
+            else:
+                self._decide(candidate, "refused", reason=f"smoke run {result.status.value}: {result.message}",
+                             log_tail=_last_lines(result.log_tail))
+            return
+        if result.status is Status.PRUNED:
+            self._decide(candidate, "pruned", rung=candidate.rung,
+                         reason=f"stopped early: its probe was over {self.config.prune_margin:.0%} worse than its parent's")
+        elif result.status.is_failure():
+            self._decide(candidate, "failed", rung=candidate.rung, reason=f"{result.status.value}: {result.message}",
+                         log_tail=_last_lines(result.log_tail))
+        else:
+            self._rung_done(candidate)
+
+    def _rung_comparison(self, candidate: Candidate, rung: Rung) -> Paired | None:
+        mine = self.evaluator.scores(candidate.variant.id, rung.budget, rung.seeds)
+        if len(mine) < len(rung.seeds):
+            return None
+        return paired(mine, self.evaluator.scores(candidate.reference, rung.budget, rung.seeds))
+
+    def _rung_done(self, candidate: Candidate) -> None:
+        rung = self.ladder.rungs[candidate.rung]
+        comparison = self._rung_comparison(candidate, rung)
+        if comparison is None:
+            return  # seeds still running
+        variant = candidate.variant
+        trial = self.trials.get(variant.id)
+        mean = sum(self.evaluator.scores(variant.id, rung.budget, rung.seeds).values()) / len(rung.seeds)
+        if trial:
+            self.tuner.report(trial[1], rung.index, mean)
+        self._update_fidelity()
+        if rung is self.ladder.top:
+            accepted = comparison.better(self.config.alpha)
+            self._decide(candidate, "accepted" if accepted else "rejected", rung=rung.index, comparison=comparison,
+                         value=mean)
+            if accepted:
+                self._admit(variant)
+        elif comparison.mean >= 0:
+            self._decide(candidate, "rejected", rung=rung.index, comparison=comparison,
+                         reason="no better than its parent at this rung")
+        else:
+            self.asha.record(rung.index, variant.id, comparison.mean)
+
+    def _promote(self) -> None:
+        for variant_id, rung in self.asha.promotions():
+            candidate = self.candidates.get(variant_id)
+            if candidate is None:
+                continue
+            if self._ended and rung < self.ladder.top.index:
+                continue
+            self.store.decide(variant_id, "promoted", rung=rung, reference=candidate.reference)
+            self._enter_rung(candidate, rung)
+
+    def _decide(self, candidate: Candidate, kind: str, *, rung: int | None = None, comparison: Paired | None = None,
+                reason: str = "", value: float | None = None, **extra) -> None:
+        variant = candidate.variant
+        detail = {"reason": reason, **extra}
+        if comparison is not None:
+            detail["paired"] = comparison.to_dict()
+        self.store.decide(variant.id, kind, rung=rung, reference=candidate.reference, detail=detail)
+        self.candidates.pop(variant.id, None)
+        self.asha.close(variant.id)
+        self.queue = [item for item in self.queue if item[2].variant != variant.id]
+        heapq.heapify(self.queue)
+        trial = self.trials.get(variant.id)
+        if trial:
+            state = {"accepted": TrialState.COMPLETE, "rejected": TrialState.COMPLETE if value is not None else
+                     TrialState.PRUNED, "failed": TrialState.FAIL, "refused": TrialState.FAIL}.get(kind, TrialState.PRUNED)
+            self.tuner.tell(trial[1], state, value)
+        shown = f" {comparison}" if comparison else ""
+        self.event(f"{variant.id[:8]} {variant.origin} {kind}{shown}{' - ' + reason if reason else ''}")
+
+    # ---------------------------------------------------------------- population
+    def population(self) -> list[Variant]:
+        """Accepted variants still in the population (not retired or dropped), best first."""
+        state: dict[str, str] = {}
+        for d in self.store.decisions():
+            if d.kind in ("accepted", "retired", "dropped"):
+                state[d.variant_id] = d.kind
+        members = [self.variants[v] for v, kind in state.items() if kind == "accepted" and v in self.variants]
+        return sorted(members, key=self.fitness)
+
+    def fitness(self, variant: Variant) -> float:
+        top = self.ladder.top
+        scores = self.evaluator.scores(variant.id, top.budget, top.seeds)
+        return sum(scores.values()) / len(scores) if scores else math.inf
+
+    def _admit(self, variant: Variant) -> None:
+        members = self._members(self.population())
+        kept, dropped = trim(members, self.config.population)
+        for member in dropped:
+            self.store.decide(member.id, "dropped", detail={"reason": "population full: worse than the kept members"})
+        self.accepted_since_recheck += 1
+        if self.accepted_since_recheck >= self.config.recheck_every:
+            self.accepted_since_recheck = 0
+            self._start_recheck()
+
+    def _members(self, variants: list[Variant]) -> list[Member]:
+        counts = Counter(v.parents[0] for v in self.variants.values() if v.parents)
+        return [Member(v.id, self.fitness(v), counts[v.id], self._branch(v), self._lineage(v)) for v in variants]
+
+    def _branch(self, variant: Variant) -> str:
+        while variant.parents and variant.parents[0] != self.baseline.id:
+            variant = self.variants[variant.parents[0]]
+        return "" if variant.id == self.baseline.id else variant.id
+
+    def _lineage(self, variant: Variant) -> frozenset[str]:
+        """The names of the changes a variant carries relative to the baseline."""
+        if not variant.parents:
+            return frozenset()
+        own = frozenset() if variant.origin == "merge" else frozenset({f"{variant.origin}:{variant.id[:8]}"})
+        return own.union(*(self._lineage(self.variants[p]) for p in variant.parents))
+
+    # ---------------------------------------------------------------- re-checks
+    def _start_recheck(self) -> None:
+        """Re-run the best unchecked elite and its reference on fresh seeds; retire it if the gain fades."""
+        checked = {d.variant_id for d in self.store.decisions() if d.kind in ("confirmed", "retired")}
+        elites = [v for v in self.population() if v.id != self.baseline.id and v.id not in checked
+                  and v.id not in self.rechecks]
+        if not elites:
+            return
+        elite = elites[0]
+        count = self.store.meta().get("recheck_count", 0)
+        seeds = self.ladder.recheck_seeds(count * self.config.recheck_seeds, self.config.recheck_seeds)
+        self.store.set_meta("recheck_count", count + 1)
+        self.rechecks[elite.id] = (elite.parents[0], seeds)
+        self.store.set_meta("rechecks_running", self.rechecks)
+        self._enqueue_recheck(elite.id, elite.parents[0], seeds)
+
+    def _enqueue_recheck(self, elite: str, reference: str, seeds: tuple[int, ...]) -> None:
+        top = self.ladder.top
+        requests = [Request(v, top.budget, s, purpose="recheck") for v in (elite, reference) for s in seeds]
+        for request in self.evaluator.missing(requests):
+            self._push(-top.index - 1, request, self.variants[request.variant].source)
+        self._recheck_done(elite)
+
+    def _recheck_done(self, variant_id: str) -> None:
+        for elite, (reference, seeds) in list(self.rechecks.items()):
+            if variant_id not in (elite, reference):
+                continue
+            top = self.ladder.top
+            all_seeds = top.seeds + tuple(seeds)
+            mine = self.evaluator.scores(elite, top.budget, all_seeds)
+            theirs = self.evaluator.scores(reference, top.budget, all_seeds)
+            if any(r.variant in (elite, reference) and r.purpose == "recheck" for r in self.evaluator.in_flight()) \
+                    or any(item[2].variant in (elite, reference) and item[2].purpose == "recheck" for item in self.queue):
+                continue
+            comparison = paired(mine, theirs)
+            kind = "confirmed" if comparison is not None and comparison.better(self.config.alpha) else "retired"
+            self.store.decide(elite, kind, reference=reference, detail={"paired": comparison.to_dict() if comparison
+                                                                         else None, "fresh_seeds": list(seeds)})
+            del self.rechecks[elite]
+            self.store.set_meta("rechecks_running", self.rechecks)
+            self.event(f"{elite[:8]} re-checked on fresh seeds: {kind} {comparison or ''}")
+
+    # ---------------------------------------------------------------- children
+    def _new_child(self) -> bool:
+        """Propose, validate and queue one child; False when nothing can be proposed any more.
+
+        The kind is drawn by the configured shares and the parent by fitness-and-novelty-aware
+        selection; when that fails a few times, every member is tried in turn before giving up."""
+        members = self._members(self.population())
+        shares = (self.config.tune_share, self.config.merge_share)
+        draw = self.rng.random()
+        kind = "tune" if draw < shares[0] else "merge" if draw < sum(shares) else "structural"
+        drawn = [(kind, None)] * _DRAWN_ATTEMPTS
+        fallbacks = [(k, m) for m in sorted(members, key=lambda m: m.fitness) for k in ("structural", "tune")
+                     if k != "tune" or self.config.tune_share > 0]
+        for kind, member in drawn + fallbacks:
+            try:
+                if self._queue_child(self._make(kind, members, member)):
+                    return True
+            except children.NoChild:
+                continue
+        if not self.candidates and not self.evaluator.in_flight() and not self.queue:
+            self._exhausted = True  # nobody left who could join the population and open new proposals
+            self.event("no new child could be proposed: every member's mutations have been tried")
+        return False
+
+    def _make(self, kind: str, members: list[Member], parent: Member | None) -> children.Child:
+        if kind == "merge":
+            pair = select_pair(members, self.rng)
+            if pair is None:
+                raise children.NoChild("no two members with different changes to merge")
+            fitness = {m.id: m.fitness for m in members}
+            return children.merged(self.baseline_source, self.variants[pair[0].id], self.variants[pair[1].id], fitness)
+        chosen = self.variants[(parent or select_parent(members, self.rng)).id]
+        if kind == "tune":
+            child = children.tune(self.tuner, chosen)
+            if child.source == chosen.source:  # the study's first trial: the parent's own values, measured already
+                self.tuner.tell(child.trial_id, TrialState.COMPLETE, self.fitness(chosen))
+                child = children.tune(self.tuner, chosen)
+            return child
+        return children.structural(self.source, chosen, self._proposal_request(chosen))
+
+    def _queue_child(self, child: children.Child) -> bool:
+        self.llm_cost += child.cost_usd
+        parent = self.variants[child.parents[0]]
+        variant, new = self.store.add_variant(child.source, knobs=knob_values(child.source, self.config),
+                                              parents=child.parents, mutation=child.mutation.to_dict(),
+                                              origin=child.origin)
+        if not new:
+            if child.trial_id is not None:
+                self.tuner.tell(child.trial_id, TrialState.PRUNED)
+            self.event(f"duplicate of {variant.id[:8]} skipped ({child.origin})", quiet=True)
+            return False
+        self.variants[variant.id] = variant
+        self.children_made += 1
+        self.store.set_meta("children", self.children_made)
+        self.store.set_meta("llm_cost_usd", self.llm_cost)
+        if child.trial_id is not None:
+            self.store.link_trial(variant.id, study_name(parent.id), child.trial_id)
+            self.trials[variant.id] = (study_name(parent.id), child.trial_id)
+        candidate = Candidate(variant)
+        self.candidates[variant.id] = candidate
+        if child.refusal:
+            self._decide(candidate, "refused", reason=child.refusal)
+            return True
+        self.event(f"{variant.id[:8]} {child.origin} from {parent.id[:8]}: {child.mutation.description[:80]}",
+                    quiet=True)
+        self._resume_candidate(candidate)
+        return True
+
+    def _proposal_request(self, parent: Variant) -> ProposalRequest:
+        outcomes = {d.variant_id: d for d in self.store.decisions() if d.kind in FINAL}
+        siblings = [v for v in self.variants.values() if v.parents and v.parents[0] == parent.id]
+        tried = frozenset(Mutation.from_dict(v.mutation).key for v in siblings if v.mutation)
+        lineage, walk = [], parent
+        while walk.parents:
+            lineage.append(self._outcome(walk, outcomes.get(walk.id)))
+            walk = self.variants[walk.parents[0]]
+        return ProposalRequest(parent.source, parent.id, direction=self.config.direction,
+                               lineage=tuple(reversed(lineage)),
+                               siblings=tuple(self._outcome(v, outcomes.get(v.id)) for v in siblings[-_RECENT:]),
+                               tried=tried)
+
+    def _outcome(self, variant: Variant, decision) -> Outcome:
+        mutation = variant.mutation or {}
+        status = decision.kind if decision else "pending"
+        comparison = Paired.from_dict(decision.detail["paired"]) if decision and decision.detail.get("paired") else None
+        return Outcome(mutation.get("name", variant.origin), mutation.get("description", ""), status,
+                       comparison.mean if comparison else None,
+                       (comparison.ci_low, comparison.ci_high) if comparison else None,
+                       decision.detail.get("reason", "") if decision else "")
+
+    # ================================================================ reporting
+    def event(self, line: str, quiet: bool = False) -> None:
+        self.recent = (self.recent + [line])[-_RECENT:]
+        if not quiet:
+            self.reporter.event(line)
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self.store.set_meta("phase", phase)
+        self._snapshot(force=True)
+
+    def _update_fidelity(self) -> None:
+        rows = []
+        for low, high in zip(self.ladder.rungs, self.ladder.rungs[1:]):
+            pairs = []
+            for variant in self.variants.values():
+                a = self.evaluator.scores(variant.id, low.budget, low.seeds)
+                b = self.evaluator.scores(variant.id, high.budget, high.seeds)
+                if len(a) == len(low.seeds) and len(b) == len(high.seeds):
+                    pairs.append((sum(a.values()) / len(a), sum(b.values()) / len(b)))
+            correlation = rank_correlation([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else None
+            rows.append({"low": low.label, "high": high.label, "n": len(pairs),
+                         "spearman": correlation[0] if correlation else None,
+                         "kendall": correlation[1] if correlation else None})
+        self.store.set_meta("fidelity", rows)
+
+    def snapshot(self) -> Snapshot:
+        meta = self.store.meta()
+        evaluations = self.store.evaluations()
+        running = {r.key: r for r in self.evaluator.in_flight()}
+        slots = []
+        for job in self.executor.running():
+            request = self.evaluator.request_for(job.job.key)
+            if request is None:
+                continue
+            variant = self.variants.get(request.variant) or self.baseline
+            slots.append(SlotView(_slot_name(job.slot, len(slots)), request.variant[:8], variant.origin,
+                                  request.purpose, str(request.budget), request.seed, job.progress,
+                                  time.time() - job.started))
+        rungs = []
+        occupancy = self.asha.occupancy() if hasattr(self, "asha") else [0] * len(self.ladder.rungs)
+        promoted = Counter(d.rung for d in self.store.decisions() if d.kind == "promoted")
+        accepted = sum(1 for d in self.store.decisions() if d.kind == "accepted" and d.variant_id != self.baseline.id)
+        for rung in self.ladder.rungs:
+            in_flight = sum(1 for key in running if key[1] == rung.label)
+            moved = accepted if rung is self.ladder.top else promoted.get(rung.index + 1, 0)
+            rungs.append(RungView(rung.label, len(rung.seeds), in_flight, occupancy[rung.index], moved))
+        remaining = None
+        if self.config.time_limit is not None:
+            remaining = max(0.0, self.config.time_limit - self.search_seconds) if self.phase in ("noise", "search") \
+                else 0.0
+        return Snapshot(
+            run=str(self.config.run_dir), phase=self.phase, elapsed=time.time() - self.started, remaining=remaining,
+            children=self.children_made,
+            children_limit=self.config.generations * self.config.population if self.config.generations else None,
+            slots=slots, rungs=rungs,
+            evaluations=dict(Counter(e.status for e in evaluations if e.status != "running")),
+            decisions=dict(Counter(d.kind for d in self.store.decisions())),
+            population=self._member_views(), noise=meta.get("noise"), fidelity=meta.get("fidelity", []),
+            llm_cost_usd=self.llm_cost,
+            compute_seconds=sum(e.result.wall_seconds for e in evaluations if e.result is not None),
+            recent=list(self.recent), result=meta.get("result"), updated=time.time())
+
+    def _member_views(self) -> list[MemberView]:
+        top = self.ladder.top
+        base = self.evaluator.scores(self.baseline.id, top.budget, top.seeds)
+        views = []
+        for variant in self.population():
+            comparison = paired(self.evaluator.scores(variant.id, top.budget, top.seeds), base)
+            if comparison is None:
+                continue
+            description = (variant.mutation or {}).get("description", "the baseline")
+            views.append(MemberView(variant.id[:8], variant.origin, description[:80], self.fitness(variant),
+                                    comparison.mean, _finite(comparison.ci_low), _finite(comparison.ci_high),
+                                    comparison.n))
+        return views
+
+    def _snapshot(self, force: bool = False) -> None:
+        if not hasattr(self, "evaluator"):
+            return
+        snapshot = self.snapshot()
+        self.reporter.refresh(snapshot)
+        now = time.time()
+        if force or now - self._last_snapshot >= _SNAPSHOT_EVERY:
+            self._last_snapshot = now
+            self.store.set_meta("snapshot", snapshot.to_dict())
+            self.store.set_meta("heartbeat", now)
+            self.store.set_meta("elapsed", snapshot.elapsed)
+            if self.phase == "search":
+                self.store.set_meta("search_seconds", self.search_seconds)
+
+
+def knob_values(source: str, config: EvolveConfig) -> dict:
+    return {k.name: k.default for k in extract_knobs(source, config.device_kind)}
+
+
+def _versions() -> dict:
+    names = ("evotrain", "torch", "optuna", "libcst", "numpy", "pandas", "anthropic")
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
+def _slot_name(slot, index: int) -> str:
+    return slot.device if slot.device.startswith("cuda") else f"{slot.device}#{index}"
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _last_lines(text: str, count: int = 5) -> str:
+    return "\n".join(text.strip().splitlines()[-count:])
+
+
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
