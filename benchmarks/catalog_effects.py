@@ -84,6 +84,8 @@ def main() -> None:
                         "unless --stack is given)")
     parser.add_argument("--stack", action="append", default=[], help="moves merged into one variant, a+b+c; "
                         "may be repeated (results go to catalog_stacks.*)")
+    parser.add_argument("--output", default="", help="results file name under benchmarks/results/ (default: "
+                        "catalog_effects, or catalog_stacks with --stack)")
     args = parser.parse_args()
 
     if args.moves:
@@ -91,7 +93,7 @@ def main() -> None:
     else:
         names = [] if args.stack else [m.name for m in MOVES.values() if m.targets_baseline]
     names += args.stack
-    output = "catalog_stacks" if args.stack else "catalog_effects"
+    output = args.output or ("catalog_stacks" if args.stack else "catalog_effects")
     jobs = [(name, seed) for seed in range(args.seeds) for name in ["baseline", *names]]
     runs: dict[str, dict[int, EvalResult]] = {}
     with ThreadPoolExecutor(args.workers) as pool:

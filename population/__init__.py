@@ -1,1 +1,2 @@
-"""The store of variants and evaluations (store.py); fitness statistics and parent selection to come."""
+"""The population side of a search: the run store (store.py), paired fitness statistics (stats.py), parent
+selection and population trimming (selection.py)."""

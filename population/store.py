@@ -45,6 +45,7 @@ _evaluations = sa.Table(
     sa.Column("budget", sa.String(40), nullable=False),  # as written: "300k", "60s"
     sa.Column("seed", sa.Integer, nullable=False),
     sa.Column("split", sa.String(8), nullable=False),
+    sa.Column("purpose", sa.String(40), nullable=False, default=""),  # why it ran: rung 1, noise, recheck, stack, test, ...
     sa.Column("status", sa.String(20), nullable=False),
     sa.Column("val_bpb", sa.Float),
     sa.Column("result", sa.Text),                        # JSON (EvalResult.to_dict)
@@ -112,6 +113,7 @@ class Evaluation:
     budget: str
     seed: int
     split: str
+    purpose: str
     status: str
     val_bpb: float | None
     result: EvalResult | None
@@ -127,6 +129,7 @@ class Store:
         if self._engine.dialect.name == "sqlite":
             sa.event.listen(self._engine, "connect", _sqlite_pragmas)
         _metadata.create_all(self._engine)
+        self._add_missing_columns()
 
     @classmethod
     def in_run_dir(cls, run_dir: str | Path) -> Store:
@@ -134,6 +137,13 @@ class Store:
         folder = Path(run_dir)
         folder.mkdir(parents=True, exist_ok=True)
         return cls(f"sqlite:///{folder.resolve() / DATABASE}")
+
+    def _add_missing_columns(self) -> None:
+        """Stores written before a column existed get it, with its default, so older runs stay readable."""
+        present = {c["name"] for c in sa.inspect(self._engine).get_columns(_evaluations.name)}
+        if "purpose" not in present:
+            with self._engine.begin() as db:
+                db.execute(sa.text(f"ALTER TABLE {_evaluations.name} ADD COLUMN purpose VARCHAR(40) NOT NULL DEFAULT ''"))
 
     # ---------------------------------------------------------------- run metadata
     def set_meta(self, key: str, value: object) -> None:
@@ -170,12 +180,14 @@ class Store:
             return [_variant(row) for row in db.execute(sa.select(_variants).order_by(_variants.c.created))]
 
     # ---------------------------------------------------------------- evaluations
-    def begin_evaluation(self, variant: str, budget: str, seed: int, split: str = "val") -> int | None:
+    def begin_evaluation(self, variant: str, budget: str, seed: int, split: str = "val",
+                         purpose: str = "") -> int | None:
         """Claims one (variant, budget, seed, split); None when it was already evaluated or is running."""
         with self._engine.begin() as db:
             try:
                 inserted = db.execute(sa.insert(_evaluations).values(
-                    variant_id=variant, budget=budget, seed=seed, split=split, status=RUNNING, started=time.time()))
+                    variant_id=variant, budget=budget, seed=seed, split=split, purpose=purpose, status=RUNNING,
+                    started=time.time()))
             except sa.exc.IntegrityError:
                 return None
         return inserted.inserted_primary_key[0]
@@ -250,5 +262,5 @@ def _variant(row) -> Variant:
 
 def _evaluation(row) -> Evaluation:
     result = None if row.result is None else EvalResult.from_dict(json.loads(row.result))
-    return Evaluation(row.id, row.variant_id, row.budget, row.seed, row.split, row.status, row.val_bpb, result,
+    return Evaluation(row.id, row.variant_id, row.budget, row.seed, row.split, row.purpose, row.status, row.val_bpb, result,
                       row.log_path, row.started, row.finished)

@@ -1,1 +1,2 @@
-"""The orchestrator: the `search` command line, and (to come) the evolve loop and its executors."""
+"""The orchestrator: the `search` command line, the evolve loop (evolve.py) with its scheduler, knob studies,
+children, combine step and executors."""

@@ -11,10 +11,14 @@ from dataclasses import dataclass
 from mutations.diff import structural_diff
 from mutations.edits import Mutation, apply_mutation
 from mutations.merge import MergeConflict, merge
-from mutations.sources import MutationSource, NoProposal, ProposalRequest
+from mutations.sources import MutationSource, NoProposal, Outcome, ProposalRequest
 from mutations.validation import validate_mutation, validate_source
-from population.store import Variant
+from population.stats import Paired
+from population.store import Decision, Variant
 from search.knob_tuning import KnobTuner
+
+FINAL = ("accepted", "rejected", "failed", "refused", "pruned")   # a candidate's climb through the rungs ends
+_SIBLINGS_SHOWN = 8
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,30 @@ def structural(source: MutationSource, parent: Variant, request: ProposalRequest
     return Child(child if child is not None else parent.source, mutation, origin, (parent.id,),
                  rationale=proposal.rationale, cost_usd=proposal.cost_usd,
                  refusal="" if verdict.ok and child is not None else verdict.summary())
+
+
+def proposal_request(parent: Variant, variants: dict[str, Variant], decisions: list[Decision],
+                     direction: str = "") -> ProposalRequest:
+    """What a mutation source is told about a parent: its lineage and its recent children, each with
+    what the search measured, and every change already tried on it (so none is proposed twice)."""
+    outcomes = {d.variant_id: d for d in decisions if d.kind in FINAL}
+    siblings = [v for v in variants.values() if v.parents and v.parents[0] == parent.id]
+    lineage, walk = [], parent
+    while walk.parents:
+        lineage.append(_outcome(walk, outcomes.get(walk.id)))
+        walk = variants[walk.parents[0]]
+    return ProposalRequest(parent.source, parent.id, direction=direction, lineage=tuple(reversed(lineage)),
+                           siblings=tuple(_outcome(v, outcomes.get(v.id)) for v in siblings[-_SIBLINGS_SHOWN:]),
+                           tried=frozenset(Mutation.from_dict(v.mutation).key for v in siblings if v.mutation))
+
+
+def _outcome(variant: Variant, decision: Decision | None) -> Outcome:
+    mutation = variant.mutation or {}
+    detail = decision.detail if decision else {}
+    comparison = Paired.from_dict(detail["paired"]) if detail.get("paired") else None
+    return Outcome(mutation.get("name", variant.origin), mutation.get("description", ""),
+                   decision.kind if decision else "pending", comparison.mean if comparison else None,
+                   (comparison.ci_low, comparison.ci_high) if comparison else None, detail.get("reason", ""))
 
 
 def tune(tuner: KnobTuner, parent: Variant) -> Child:

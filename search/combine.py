@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 
 from mutations.diff import structural_diff
 from mutations.edits import Mutation, apply_mutation
+from mutations.knobs import extract_knobs, set_knobs
 from mutations.merge import MergeConflict, merge
 from mutations.patch import unified_diff
 from population.stats import Paired, paired
@@ -32,6 +33,7 @@ from population.store import Variant
 from search.evaluator import Request
 from search.knob_tuning import study_name
 from search.ladder import Rung
+from trainer.errors import UserError
 
 if TYPE_CHECKING:
     from search.evolve import Evolution
@@ -96,6 +98,10 @@ class Combiner:
         description = mutation.get("description", "")
         if parent.id == self.baseline.id:
             return Atom(name, description, variant.id, structural_diff(self.base_source, variant.source, name), estimate)
+        if variant.origin == "tune":
+            tuned = self._knobs_on_baseline(parent, variant)
+            if tuned is not None:
+                return Atom(name, description, variant.id, structural_diff(self.base_source, tuned, name), estimate)
         try:
             to_baseline = structural_diff(parent.source, self.base_source)
             combined = merge(parent.source, to_baseline, structural_diff(parent.source, variant.source))
@@ -104,6 +110,18 @@ class Combiner:
         except MergeConflict:
             return Atom(name, description + " (with its ancestors' changes)", variant.id,
                         structural_diff(self.base_source, variant.source, name), estimate, bundled=True)
+
+    def _knobs_on_baseline(self, parent: Variant, child: Variant) -> str | None:
+        """A knob trial's values set on the baseline's own knobs: its change, whatever else the parent changed
+        to the same constants. None when none of the knobs it moved exists in the baseline."""
+        before = {k.name: k.default for k in extract_knobs(parent.source, self.config.device_kind)}
+        after = {k.name: k.default for k in extract_knobs(child.source, self.config.device_kind)}
+        ours = {k.name for k in extract_knobs(self.base_source, self.config.device_kind)}
+        moved = {k: v for k, v in after.items() if k in ours and before.get(k) != v}
+        try:
+            return set_knobs(self.base_source, moved, self.config.device_kind) if moved else None
+        except UserError:  # the values break a constraint of the baseline (a divisor, say)
+            return None
 
     # ---------------------------------------------------------------- stacking
     def stack(self, atoms: list[Atom]) -> tuple[Variant, list[Atom], list[dict]]:
@@ -184,20 +202,23 @@ class Combiner:
             alone = self._variant(apply_mutation(self.base_source, atom.mutation), self.baseline, "ablation",
                                   f"only {atom.name}")
             others = [a.mutation for a in members if a is not atom]
-            without = self.baseline if not others else self._variant(
-                apply_mutation(self.base_source, _merge_all(self.base_source, others)), stack, "ablation",
-                f"stack without {atom.name}")
+            try:
+                without = self.baseline if not others else self._variant(
+                    apply_mutation(self.base_source, _merge_all(self.base_source, others)), stack, "ablation",
+                    f"stack without {atom.name}")
+            except MergeConflict:  # the others only merge through this atom: no leave-one-out to measure
+                without = None
             pairs.append((atom, alone, without))
         top = self.ladder.top
         work = [(Request(v.id, top.budget, s, purpose="ablation"), v.source)
-                for _, alone, without in pairs for v in (alone, without) for s in top.seeds]
+                for _, alone, without in pairs for v in (alone, without) if v is not None for s in top.seeds]
         self.evaluator.run_all(work)
         rows = []
         for atom, alone, without in pairs:
             add_one = self._top_comparison(alone.id, self.baseline.id)
-            leave_one_out = self._top_comparison(stack.id, without.id)
+            leave_one_out = self._top_comparison(stack.id, without.id) if without else None
             rows.append({"atom": atom.name, "description": atom.description, "bundled": atom.bundled,
-                         "estimate": atom.estimate, "alone": alone.id, "without": without.id,
+                         "estimate": atom.estimate, "alone": alone.id, "without": without.id if without else None,
                          "add_one": _dict(add_one), "leave_one_out": _dict(leave_one_out)})
         self.store.set_meta("ablation", rows)
         return rows

@@ -1,8 +1,12 @@
 """The options of one search, with their defaults, as stored in the run so a resume uses the same ones.
 
 The defaults finish a meaningful search on 2 CPU cores in about 20 minutes: a 300k-token top
-rung (about 150 steps of the CPU baseline, 25-40 s a run), rungs at 1/9, 1/3 and 1 of it on
-1, 2 and 3 seeds, a 12-minute search phase, then combine, ablation and the held-out test.
+rung (about 150 steps of the CPU baseline, 25-40 s a run), rungs at 1/4, 1/2 and 1 of it on
+1, 2 and 3 seeds, a 10-minute search phase, then combine, ablation and the held-out test.
+The lowest rung is 1/4, not 1/9: at 16 steps (1/9) the catalog's moves rank by how fast
+they start (RoPE +0.03, bigram table -0.05 against -0.32 and -0.49 at the full budget),
+at 37 steps (1/4) the rank correlation with the full budget is 0.73 and both are clearly
+negative (benchmarks/results/fidelity.md).
 On CPU budgets are in tokens (a shared machine turns wall-clock budgets into fitness
 noise); on GPU they are in seconds, as in autoresearch.
 """
@@ -33,9 +37,9 @@ class EvolveConfig:
     direction: str = ""                   # research direction text for an LLM mutator
     population: int = 8
     generations: int | None = None        # stop after this many children per population slot
-    time_limit: float | None = 12 * 60    # seconds of search phase (before combine), None: no limit
+    time_limit: float | None = 10 * 60    # seconds of search phase (before combine), None: no limit
     budget: str = ""                      # the top rung's budget, as written ("" = default for the device)
-    fractions: tuple[float, ...] = (1 / 9, 1 / 3, 1.0)
+    fractions: tuple[float, ...] = (0.25, 0.5, 1.0)
     seeds: tuple[int, ...] = (1, 2, 3)
     eta: int = 3
     device: str = "auto"
@@ -48,7 +52,7 @@ class EvolveConfig:
     sampler: str = "tpe"                  # tpe or gp
     seed: int = 0
     alpha: float = 0.05                   # one-sided paired test threshold for acceptance
-    prune_margin: float = 0.03            # stop a run whose probe is this fraction worse than its parent's
+    prune_margin: float = 0.05            # stop a run whose probe is this fraction worse than its parent's
     recheck_every: int = 3                # re-check the best elite after this many acceptances
     recheck_seeds: int = 2
     combine_max: int = 6                  # most atomic mutations the combine step considers

@@ -20,7 +20,6 @@ from trainer.result import EvalResult
 from trainer.runner import default_timeout
 from trainer.spec import RunSpec
 
-SMOKE_BUDGET = Budget.parse("1tok")  # the first optimizer step spends it
 _PRUNE_FROM_PROGRESS = 0.5   # probes before half the budget are too noisy to stop a run on
 _PROGRESS_TOLERANCE = 0.05
 
@@ -102,7 +101,8 @@ class Evaluator:
     # ---------------------------------------------------------------- running
     def submit(self, request: Request, source: str, prune: PruneRule | None = None) -> bool:
         """Claim and start one evaluation; False when it is done or claimed already."""
-        key = self.store.begin_evaluation(request.variant, str(request.budget), request.seed, request.split)
+        key = self.store.begin_evaluation(request.variant, str(request.budget), request.seed, request.split,
+                                          request.purpose)
         if key is None:
             return False
         spec = replace(self.template, budget=request.budget, seed=request.seed, split=request.split)

@@ -11,39 +11,37 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 import os
 import platform
 import random
 import signal
 import time
-from collections import Counter
 from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
 from optuna.trial import TrialState
 
-from mutations.edits import Mutation
 from mutations.knobs import extract_knobs
-from mutations.sources import MutationSource, Outcome, ProposalRequest, make_source
-from population.selection import Member, select_pair, select_parent, trim
-from population.stats import Paired, paired, rank_correlation, spread
+from mutations.sources import MutationSource, make_source
+from population.selection import Member, select_pair, select_parent
+from population.stats import Paired, paired, spread
 from population.store import Store, Variant
 from search import children
+from search.children import FINAL
 from search.config import EvolveConfig, check_resume
-from search.evaluator import SMOKE_BUDGET, Evaluator, Request, prune_rule
+from search.evaluator import Evaluator, Request, prune_rule
 from search.executors import Executor, LocalExecutor, RayExecutor, local_slots
+from search.dashboard import build_snapshot, fidelity_rows
 from search.knob_tuning import KnobTuner, study_name
-from search.ladder import Ladder, Rung
+from search.ladder import SMOKE_BUDGET, Ladder, Rung
 from search.lock import RunLock
+from search.pool import Pool
 from search.progress import Reporter
-from search.snapshot import MemberView, RungView, Snapshot, SlotView
 from trainer.errors import UserError
 from trainer.result import EvalResult, Status
 from trainer.runner import build_spec
 
-FINAL = ("accepted", "rejected", "failed", "refused", "pruned")   # a candidate's run through the rungs ends
 _SNAPSHOT_EVERY = 5.0
 _DRAWN_ATTEMPTS = 3
 _RECENT = 8
@@ -95,7 +93,7 @@ class Evolution:
                 return self._phases()
             except KeyboardInterrupt:
                 self.evaluator.stop()
-                self.store.set_meta("snapshot", {**self.snapshot().to_dict(), "phase": "stopped"})
+                self.store.set_meta("snapshot", {**build_snapshot(self).to_dict(), "phase": "stopped"})
                 raise Stopped() from None
             finally:
                 signal.signal(signal.SIGTERM, previous)
@@ -122,6 +120,7 @@ class Evolution:
         self.baseline, _ = self.store.add_variant(self.baseline_source, knobs=knob_values(self.baseline_source, config),
                                                   origin="baseline")
         self.variants = {v.id: v for v in self.store.variants()}
+        self.asha = None
         self.store.set_meta("baseline", {"id": self.baseline.id, "path": str(config.baseline or "built-in"),
                                          "hash": config.baseline_hash})
         self.ladder = Ladder.build(config.top_budget, config.fractions, config.seeds, config.eta, config.seed)
@@ -134,6 +133,7 @@ class Evolution:
                                    on_finish=self._on_finish, timeout_s=config.timeout)
         if self.evaluator.requeued:
             self.reporter.event(f"re-queued {self.evaluator.requeued} evaluations a stopped search left running")
+        self.pool = Pool(self.store, self.evaluator, self.ladder, self.baseline, self.variants)
         self.tuner = KnobTuner(config.storage_url(), config.sampler, config.seed, config.device_kind)
         self.source = self._given_source or make_source(config.mutator, seed=config.seed, max_cost_usd=config.max_llm_cost,
                                   record_path=Path(config.run_dir) / "llm.jsonl", device=config.device_kind)
@@ -220,7 +220,7 @@ class Evolution:
                 self.asha.mark_promoted(d.rung - 1, d.variant_id)
             if d.kind in FINAL and d.kind != "accepted":
                 self.asha.close(d.variant_id)
-        self.variants = {v.id: v for v in self.store.variants()}
+        self.variants.update({v.id: v for v in self.store.variants()})
         self.trials = self.store.trials()
         if not any(d.variant_id == self.baseline.id for d in decisions):
             self.store.decide(self.baseline.id, "accepted", detail={"reason": "the baseline"})
@@ -350,7 +350,7 @@ class Evolution:
         mean = sum(self.evaluator.scores(variant.id, rung.budget, rung.seeds).values()) / len(rung.seeds)
         if trial:
             self.tuner.report(trial[1], rung.index, mean)
-        self._update_fidelity()
+        self.store.set_meta("fidelity", fidelity_rows(list(self.variants.values()), self.evaluator, self.ladder))
         if rung is self.ladder.top:
             accepted = comparison.better(self.config.alpha)
             self._decide(candidate, "accepted" if accepted else "rejected", rung=rung.index, comparison=comparison,
@@ -393,51 +393,18 @@ class Evolution:
         self.event(f"{variant.id[:8]} {variant.origin} {kind}{shown}{' - ' + reason if reason else ''}")
 
     # ---------------------------------------------------------------- population
-    def population(self) -> list[Variant]:
-        """Accepted variants still in the population (not retired or dropped), best first."""
-        state: dict[str, str] = {}
-        for d in self.store.decisions():
-            if d.kind in ("accepted", "retired", "dropped"):
-                state[d.variant_id] = d.kind
-        members = [self.variants[v] for v, kind in state.items() if kind == "accepted" and v in self.variants]
-        return sorted(members, key=self.fitness)
-
-    def fitness(self, variant: Variant) -> float:
-        top = self.ladder.top
-        scores = self.evaluator.scores(variant.id, top.budget, top.seeds)
-        return sum(scores.values()) / len(scores) if scores else math.inf
-
     def _admit(self, variant: Variant) -> None:
-        members = self._members(self.population())
-        kept, dropped = trim(members, self.config.population)
-        for member in dropped:
-            self.store.decide(member.id, "dropped", detail={"reason": "population full: worse than the kept members"})
+        self.pool.trim(self.config.population)
         self.accepted_since_recheck += 1
         if self.accepted_since_recheck >= self.config.recheck_every:
             self.accepted_since_recheck = 0
             self._start_recheck()
 
-    def _members(self, variants: list[Variant]) -> list[Member]:
-        counts = Counter(v.parents[0] for v in self.variants.values() if v.parents)
-        return [Member(v.id, self.fitness(v), counts[v.id], self._branch(v), self._lineage(v)) for v in variants]
-
-    def _branch(self, variant: Variant) -> str:
-        while variant.parents and variant.parents[0] != self.baseline.id:
-            variant = self.variants[variant.parents[0]]
-        return "" if variant.id == self.baseline.id else variant.id
-
-    def _lineage(self, variant: Variant) -> frozenset[str]:
-        """The names of the changes a variant carries relative to the baseline."""
-        if not variant.parents:
-            return frozenset()
-        own = frozenset() if variant.origin == "merge" else frozenset({f"{variant.origin}:{variant.id[:8]}"})
-        return own.union(*(self._lineage(self.variants[p]) for p in variant.parents))
-
     # ---------------------------------------------------------------- re-checks
     def _start_recheck(self) -> None:
         """Re-run the best unchecked elite and its reference on fresh seeds; retire it if the gain fades."""
         checked = {d.variant_id for d in self.store.decisions() if d.kind in ("confirmed", "retired")}
-        elites = [v for v in self.population() if v.id != self.baseline.id and v.id not in checked
+        elites = [v for v in self.pool.members() if v.id != self.baseline.id and v.id not in checked
                   and v.id not in self.rechecks]
         if not elites:
             return
@@ -481,7 +448,7 @@ class Evolution:
 
         The kind is drawn by the configured shares and the parent by fitness-and-novelty-aware
         selection; when that fails a few times, every member is tried in turn before giving up."""
-        members = self._members(self.population())
+        members = self.pool.records()
         shares = (self.config.tune_share, self.config.merge_share)
         draw = self.rng.random()
         kind = "tune" if draw < shares[0] else "merge" if draw < sum(shares) else "structural"
@@ -510,10 +477,11 @@ class Evolution:
         if kind == "tune":
             child = children.tune(self.tuner, chosen)
             if child.source == chosen.source:  # the study's first trial: the parent's own values, measured already
-                self.tuner.tell(child.trial_id, TrialState.COMPLETE, self.fitness(chosen))
+                self.tuner.tell(child.trial_id, TrialState.COMPLETE, self.pool.fitness(chosen))
                 child = children.tune(self.tuner, chosen)
             return child
-        return children.structural(self.source, chosen, self._proposal_request(chosen))
+        return children.structural(self.source, chosen, children.proposal_request(
+            chosen, self.variants, self.store.decisions(), self.config.direction))
 
     def _queue_child(self, child: children.Child) -> bool:
         self.llm_cost += child.cost_usd
@@ -543,28 +511,6 @@ class Evolution:
         self._resume_candidate(candidate)
         return True
 
-    def _proposal_request(self, parent: Variant) -> ProposalRequest:
-        outcomes = {d.variant_id: d for d in self.store.decisions() if d.kind in FINAL}
-        siblings = [v for v in self.variants.values() if v.parents and v.parents[0] == parent.id]
-        tried = frozenset(Mutation.from_dict(v.mutation).key for v in siblings if v.mutation)
-        lineage, walk = [], parent
-        while walk.parents:
-            lineage.append(self._outcome(walk, outcomes.get(walk.id)))
-            walk = self.variants[walk.parents[0]]
-        return ProposalRequest(parent.source, parent.id, direction=self.config.direction,
-                               lineage=tuple(reversed(lineage)),
-                               siblings=tuple(self._outcome(v, outcomes.get(v.id)) for v in siblings[-_RECENT:]),
-                               tried=tried)
-
-    def _outcome(self, variant: Variant, decision) -> Outcome:
-        mutation = variant.mutation or {}
-        status = decision.kind if decision else "pending"
-        comparison = Paired.from_dict(decision.detail["paired"]) if decision and decision.detail.get("paired") else None
-        return Outcome(mutation.get("name", variant.origin), mutation.get("description", ""), status,
-                       comparison.mean if comparison else None,
-                       (comparison.ci_low, comparison.ci_high) if comparison else None,
-                       decision.detail.get("reason", "") if decision else "")
-
     # ================================================================ reporting
     def event(self, line: str, quiet: bool = False) -> None:
         self.recent = (self.recent + [line])[-_RECENT:]
@@ -576,76 +522,10 @@ class Evolution:
         self.store.set_meta("phase", phase)
         self._snapshot(force=True)
 
-    def _update_fidelity(self) -> None:
-        rows = []
-        for low, high in zip(self.ladder.rungs, self.ladder.rungs[1:]):
-            pairs = []
-            for variant in self.variants.values():
-                a = self.evaluator.scores(variant.id, low.budget, low.seeds)
-                b = self.evaluator.scores(variant.id, high.budget, high.seeds)
-                if len(a) == len(low.seeds) and len(b) == len(high.seeds):
-                    pairs.append((sum(a.values()) / len(a), sum(b.values()) / len(b)))
-            correlation = rank_correlation([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else None
-            rows.append({"low": low.label, "high": high.label, "n": len(pairs),
-                         "spearman": correlation[0] if correlation else None,
-                         "kendall": correlation[1] if correlation else None})
-        self.store.set_meta("fidelity", rows)
-
-    def snapshot(self) -> Snapshot:
-        meta = self.store.meta()
-        evaluations = self.store.evaluations()
-        running = {r.key: r for r in self.evaluator.in_flight()}
-        slots = []
-        for job in self.executor.running():
-            request = self.evaluator.request_for(job.job.key)
-            if request is None:
-                continue
-            variant = self.variants.get(request.variant) or self.baseline
-            slots.append(SlotView(_slot_name(job.slot, len(slots)), request.variant[:8], variant.origin,
-                                  request.purpose, str(request.budget), request.seed, job.progress,
-                                  time.time() - job.started))
-        rungs = []
-        occupancy = self.asha.occupancy() if hasattr(self, "asha") else [0] * len(self.ladder.rungs)
-        promoted = Counter(d.rung for d in self.store.decisions() if d.kind == "promoted")
-        accepted = sum(1 for d in self.store.decisions() if d.kind == "accepted" and d.variant_id != self.baseline.id)
-        for rung in self.ladder.rungs:
-            in_flight = sum(1 for key in running if key[1] == rung.label)
-            moved = accepted if rung is self.ladder.top else promoted.get(rung.index + 1, 0)
-            rungs.append(RungView(rung.label, len(rung.seeds), in_flight, occupancy[rung.index], moved))
-        remaining = None
-        if self.config.time_limit is not None:
-            remaining = max(0.0, self.config.time_limit - self.search_seconds) if self.phase in ("noise", "search") \
-                else 0.0
-        return Snapshot(
-            run=str(self.config.run_dir), phase=self.phase, elapsed=time.time() - self.started, remaining=remaining,
-            children=self.children_made,
-            children_limit=self.config.generations * self.config.population if self.config.generations else None,
-            slots=slots, rungs=rungs,
-            evaluations=dict(Counter(e.status for e in evaluations if e.status != "running")),
-            decisions=dict(Counter(d.kind for d in self.store.decisions())),
-            population=self._member_views(), noise=meta.get("noise"), fidelity=meta.get("fidelity", []),
-            llm_cost_usd=self.llm_cost,
-            compute_seconds=sum(e.result.wall_seconds for e in evaluations if e.result is not None),
-            recent=list(self.recent), result=meta.get("result"), updated=time.time())
-
-    def _member_views(self) -> list[MemberView]:
-        top = self.ladder.top
-        base = self.evaluator.scores(self.baseline.id, top.budget, top.seeds)
-        views = []
-        for variant in self.population():
-            comparison = paired(self.evaluator.scores(variant.id, top.budget, top.seeds), base)
-            if comparison is None:
-                continue
-            description = (variant.mutation or {}).get("description", "the baseline")
-            views.append(MemberView(variant.id[:8], variant.origin, description[:80], self.fitness(variant),
-                                    comparison.mean, _finite(comparison.ci_low), _finite(comparison.ci_high),
-                                    comparison.n))
-        return views
-
     def _snapshot(self, force: bool = False) -> None:
         if not hasattr(self, "evaluator"):
             return
-        snapshot = self.snapshot()
+        snapshot = build_snapshot(self)
         self.reporter.refresh(snapshot)
         now = time.time()
         if force or now - self._last_snapshot >= _SNAPSHOT_EVERY:
@@ -674,14 +554,6 @@ def _versions() -> dict:
 
 def _cpu_count() -> int:
     return os.cpu_count() or 1
-
-
-def _slot_name(slot, index: int) -> str:
-    return slot.device if slot.device.startswith("cuda") else f"{slot.device}#{index}"
-
-
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
 
 
 def _last_lines(text: str, count: int = 5) -> str:

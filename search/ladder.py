@@ -13,6 +13,7 @@ from fractions import Fraction
 from trainer.budget import Budget
 from trainer.errors import UserError
 
+SMOKE_BUDGET = Budget.parse("1tok")  # a smoke run: the first optimizer step spends it
 _RECHECK_SEEDS_START = 100
 _TEST_SEEDS_START = 1000
 
@@ -39,7 +40,7 @@ class Ladder:
               base_seed: int = 0) -> Ladder:
         if len(fractions) != len(seeds):
             raise UserError(f"the ladder has {len(fractions)} budget fractions but {len(seeds)} seed counts: "
-                            "give one seed count per rung, e.g. --fractions 1/9,1/3,1 --seeds 1,2,3")
+                            "give one seed count per rung, e.g. --fractions 1/4,1/2,1 --seeds 1,2,3")
         if list(fractions) != sorted(set(fractions)) or fractions[-1] != 1:
             raise UserError(f"rung fractions {list(fractions)} must increase and end at 1 (the full budget)")
         if fractions[0] <= 0 or any(n < 1 for n in seeds) or list(seeds) != sorted(seeds):
@@ -75,7 +76,7 @@ def parse_fractions(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(Fraction(part.strip())) for part in text.split(","))
     except (ValueError, ZeroDivisionError):
-        raise UserError(f"cannot read rung fractions {text!r}: write them like 1/9,1/3,1") from None
+        raise UserError(f"cannot read rung fractions {text!r}: write them like 1/4,1/2,1") from None
 
 
 def parse_counts(text: str) -> tuple[int, ...]:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import optuna
+import psutil
 import pytest
 
 from mutations.diff import structural_diff
@@ -22,27 +23,11 @@ from search.config import EvolveConfig
 from search.evolve import Evolution
 from trainer.baselines import BASELINE
 
+from conftest import TINY_EVOLVE as TINY, QuietReporter as Events
+
 BASE = BASELINE.read_text()
-TINY = dict(population=3, time_limit=None, budget="16k", fractions=(0.25, 0.5, 1.0), seeds=(1, 2, 2), eta=2,
-            device="cpu", device_kind="cpu", workers=2, stack_trials=1, test_seeds=2, combine_max=3,
-            eval_tokens=4096, alpha=0.1)
 # At 8 steps a higher learning rate is worth about one bit per byte, an untied head only hurts.
 MOVES = "catalog:higher_lr,bigram_embedding,untied_head"
-
-
-class Events:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.snapshots = 0
-
-    def refresh(self, snapshot) -> None:
-        self.snapshots += 1
-
-    def event(self, line: str) -> None:
-        self.lines.append(line)
-
-    def close(self) -> None:
-        pass
 
 
 def _decisions(store: Store) -> dict[str, list[str]]:
@@ -52,14 +37,11 @@ def _decisions(store: Store) -> dict[str, list[str]]:
     return found
 
 
-def test_a_small_evolve_selects_promotes_accepts_combines_ablates_tests_and_exports(tmp_path):
-    config = EvolveConfig(run_dir=tmp_path / "run", mutator=MOVES, generations=2, tune_share=0.2, merge_share=0.2,
-                          **TINY)
-    events = Events()
-    result = Evolution(config, events).run()
-
-    store = Store(config.storage_url())
+def test_a_small_evolve_selects_promotes_accepts_combines_ablates_tests_and_exports(finished_run, tmp_path):
+    store = Store.in_run_dir(finished_run)
     meta = store.meta()
+    config = EvolveConfig.from_dict(meta["options"])
+    result = meta["result"]
     variants = {v.id: v for v in store.variants()}
     baseline = next(v for v in variants.values() if v.origin == "baseline")
     evaluations = store.evaluations()
@@ -70,7 +52,7 @@ def test_a_small_evolve_selects_promotes_accepts_combines_ablates_tests_and_expo
         {("4k", 0), ("8k", 0), ("8k", 1), ("16k", 0), ("16k", 1)}
     decisions = _decisions(store)
     accepted = [v for v, kinds in decisions.items() if "accepted" in kinds and v != baseline.id]
-    assert accepted, events.lines
+    assert accepted
     assert any("promoted" in kinds for kinds in decisions.values())
     for variant in accepted:
         decision = next(d for d in store.decisions(variant) if d.kind == "accepted")
@@ -92,7 +74,7 @@ def test_a_small_evolve_selects_promotes_accepts_combines_ablates_tests_and_expo
     assert result["test_delta"]["n"] == 2 and result["test_delta"]["mean"] < 0
     assert {e.split for e in evaluations if e.variant_id == result["stack"]} == {"val", "test"}
     assert meta["fidelity"] and meta["fidelity"][0]["n"] >= 2
-    assert meta["result"] == result and meta["snapshot"]["phase"] == "done"
+    assert meta["snapshot"]["phase"] == "done"
     stack = variants[result["stack"]]
     work = tmp_path / "apply"
     work.mkdir()
@@ -187,6 +169,22 @@ def test_a_search_killed_with_sigkill_resumes_without_losing_or_rerunning_anythi
     store = Store(f"sqlite:///{database}")
     assert store.meta()["phase"] == "done" and not [e for e in store.evaluations() if e.status == "running"]
     assert "test delta" in resumed.stdout
+
+
+def test_ctrl_c_stops_cleanly_and_leaves_nothing_running(tmp_path):
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(_evolve_command(run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not _finished(run_dir / "evotrain.db") and time.time() < deadline and process.poll() is None:
+        time.sleep(0.5)
+    runs = psutil.Process(process.pid).children(recursive=True)   # the training subprocesses in flight
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Run the same command again to resume" in stderr
+    store = Store(f"sqlite:///{run_dir / 'evotrain.db'}")
+    assert not [e for e in store.evaluations() if e.status == "running"]   # re-queued for the resume
+    assert store.meta()["snapshot"]["phase"] == "stopped"
+    assert runs and not [r for r in runs if r.is_running() and r.status() != psutil.STATUS_ZOMBIE]
 
 
 def test_a_second_search_on_the_same_run_is_refused(tmp_path):

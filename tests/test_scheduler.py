@@ -86,7 +86,7 @@ def test_a_bad_ladder_is_one_clear_error(fractions, seeds, eta, message):
 
 
 def test_unreadable_fractions_and_counts_say_how_to_write_them():
-    with pytest.raises(UserError, match="1/9,1/3,1"):
+    with pytest.raises(UserError, match="1/4,1/2,1"):
         parse_fractions("a third")
     with pytest.raises(UserError, match="1,2,3"):
         parse_counts("1;2")

@@ -4,9 +4,12 @@ from __future__ import annotations
 import click
 
 from search.cli._output import run_cli
+from search.cli.ablate import ablate, transfer
 from search.cli.catalog import catalog, knobs, mutate, propose
 from search.cli.evolve import evolve
+from search.cli.export import export
 from search.cli.prepare import prepare
+from search.cli.report import report
 from search.cli.run import run
 from search.cli.status import status
 
@@ -17,7 +20,7 @@ def cli() -> None:
     """evotrain: evolve a train.py with measured, combined, ablated improvements."""
 
 
-for command in (evolve, status, prepare, run, catalog, mutate, propose, knobs):
+for command in (evolve, status, ablate, report, export, transfer, prepare, run, catalog, mutate, propose, knobs):
     cli.add_command(command)
 
 

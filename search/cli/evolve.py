@@ -37,13 +37,13 @@ def _seconds(text: str | None) -> float | None:
 @click.option("--population", default=8, show_default=True, help="Population size.")
 @click.option("--generations", type=int, default=None,
               help="Stop the search phase after GENERATIONS x POPULATION children (default: --time decides).")
-@click.option("--time", "time_text", default="12min", show_default=True,
+@click.option("--time", "time_text", default="10min", show_default=True,
               help="Wall-clock length of the search phase, before combine (none: --generations decides).")
 @click.option("--budget", default=None, help="Top rung budget: tokens (300k, 2M) or seconds (60s, 5min). "
               "Default: 300k tokens on CPU, 5min on a GPU.")
 @click.option("--unit", type=click.Choice(["tokens", "seconds"]), default=None,
               help="Budget unit when --budget is not given (default: tokens on CPU, seconds on a GPU).")
-@click.option("--fractions", default="1/9,1/3,1", show_default=True, help="Rung budgets as fractions of --budget.")
+@click.option("--fractions", default="1/4,1/2,1", show_default=True, help="Rung budgets as fractions of --budget.")
 @click.option("--seeds", "seed_counts", default="1,2,3", show_default=True, help="Seeds per rung.")
 @click.option("--eta", default=3, show_default=True, help="Promote the best 1/ETA of each rung.")
 @DEVICE_OPTION
@@ -59,8 +59,12 @@ def _seconds(text: str | None) -> float | None:
 @click.option("--seed", default=0, show_default=True, help="Seed of the search (selection, proposals, seeds).")
 @click.option("--alpha", default=0.05, show_default=True,
               help="Accept a child when a one-sided paired t-test at the top rung gives p < ALPHA.")
-@click.option("--prune-margin", default=0.03, show_default=True,
+@click.option("--prune-margin", default=0.05, show_default=True,
               help="Stop a run early when a probe is this fraction worse than its parent's (0: never).")
+@click.option("--recheck-every", default=3, show_default=True,
+              help="Re-check the best elite on fresh seeds after this many acceptances.")
+@click.option("--timeout", "timeout_s", type=float, default=None,
+              help="Kill an evaluation after this many seconds (default: from its budget).")
 @click.option("--combine-max", default=6, show_default=True, help="Most atomic changes the combine step stacks.")
 @click.option("--stack-trials", default=4, show_default=True, help="Knob trials on the final stack.")
 @click.option("--test-seeds", default=3, show_default=True, help="Fresh seeds for the held-out test.")
@@ -73,7 +77,8 @@ def evolve(name: str, run_dir: Path | None, baseline: Path | None, dataset: str,
            direction_file: Path | None, max_llm_cost: float | None, population: int, generations: int | None,
            time_text: str, budget: str | None, unit: str | None, fractions: str, seed_counts: str, eta: int,
            device: str, workers: int | None, executor: str, ray_address: str | None, tune_share: float,
-           merge_share: float, sampler: str, seed: int, alpha: float, prune_margin: float, combine_max: int,
+           merge_share: float, sampler: str, seed: int, alpha: float, prune_margin: float, recheck_every: int,
+           timeout_s: float | None, combine_max: int,
            stack_trials: int, test_seeds: int, storage: str | None, eval_tokens: int | None, live: bool | None,
            output_format: str) -> None:
     """Evolve a train.py: mutations, knob trials and merges judged on paired multi-fidelity runs, then
@@ -101,7 +106,8 @@ def evolve(name: str, run_dir: Path | None, baseline: Path | None, dataset: str,
         budget=str(Budget.parse(budget or default_budget(kind, unit))), fractions=parse_fractions(fractions),
         seeds=parse_counts(seed_counts), eta=eta, device=device, device_kind=kind, workers=workers,
         executor=executor, ray_address=ray_address, tune_share=tune_share, merge_share=merge_share,
-        sampler=sampler, seed=seed, alpha=alpha, prune_margin=prune_margin, combine_max=combine_max,
+        sampler=sampler, seed=seed, alpha=alpha, prune_margin=prune_margin, recheck_every=recheck_every,
+        timeout=timeout_s, combine_max=combine_max,
         stack_trials=stack_trials, test_seeds=test_seeds, max_llm_cost=max_llm_cost, storage=storage,
         eval_tokens=eval_tokens)
     out.note(f"evolving {baseline or 'the built-in baseline'} in {config.run_dir} on {device}: top budget "
