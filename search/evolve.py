@@ -188,9 +188,11 @@ class Evolution:
             self.search_seconds = time.time() - phase_started
             if self._time_up() and not self._ended:
                 self._end_search()
-            self._fill_slots(propose=not (self._ended or self._enough_children() or self._exhausted))
+            self._fill_slots()
             if not self.evaluator.in_flight() and not self.queue:
-                break  # nothing running, nothing queued, and no child to propose
+                if self._ended or not self._promote(draining=True):
+                    break  # nothing running, nothing queued, no child to propose and nobody left to promote
+                continue
             for request, result in self.evaluator.poll(timeout=1.0):
                 self._handle(request, result)
             self._promote()
@@ -278,10 +280,13 @@ class Evolution:
     def _push(self, priority: int, request: Request, source: str) -> None:
         heapq.heappush(self.queue, (priority, next(self._order), request, source))
 
-    def _fill_slots(self, propose: bool) -> None:
-        """Start queued work on free slots, and propose children for the slots left when allowed."""
+    def _no_more_children(self) -> bool:
+        return self._ended or self._enough_children() or self._exhausted
+
+    def _fill_slots(self) -> None:
+        """Start queued work on free slots, and propose children for the slots left while allowed."""
         while self.executor.free_slots() > 0:
-            if not self.queue and (not propose or not self._new_child()):
+            if not self.queue and (self._no_more_children() or not self._new_child()):
                 return
             if self.queue:
                 _, _, request, source = heapq.heappop(self.queue)
@@ -363,15 +368,17 @@ class Evolution:
         else:
             self.asha.record(rung.index, variant.id, comparison.mean)
 
-    def _promote(self) -> None:
-        for variant_id, rung in self.asha.promotions():
+    def _promote(self, draining: bool = False) -> bool:
+        """Move candidates up the ladder; whether any moved."""
+        moved = False
+        for variant_id, rung in self.asha.promotions(draining):
             candidate = self.candidates.get(variant_id)
-            if candidate is None:
-                continue
-            if self._ended and rung < self.ladder.top.index:
+            if candidate is None or (self._ended and rung < self.ladder.top.index):
                 continue
             self.store.decide(variant_id, "promoted", rung=rung, reference=candidate.reference)
             self._enter_rung(candidate, rung)
+            moved = True
+        return moved
 
     def _decide(self, candidate: Candidate, kind: str, *, rung: int | None = None, comparison: Paired | None = None,
                 reason: str = "", value: float | None = None, **extra) -> None:

@@ -31,12 +31,16 @@ class Asha:
         """The candidate is out (rejected, failed, pruned); its scores stay in the rankings as data."""
         self._closed.add(variant)
 
-    def promotions(self) -> list[tuple[str, int]]:
-        """(variant, next rung) for every candidate that has earned a promotion since the last call."""
+    def promotions(self, draining: bool = False) -> list[tuple[str, int]]:
+        """(variant, next rung) for every candidate that has earned a promotion since the last call.
+
+        Draining (no more candidates will come), a rung promotes its best ceil(n / eta) instead of
+        floor(n / eta): the last few candidates would otherwise wait for competitors forever."""
         found = []
         for rung in range(self.rungs - 2, -1, -1):
             ranked = sorted(self._scores[rung].items(), key=lambda item: item[1])
-            for variant, score in ranked[:len(ranked) // self.eta]:
+            quota = -(-len(ranked) // self.eta) if draining else len(ranked) // self.eta
+            for variant, score in ranked[:quota]:
                 if score < 0 and variant not in self._promoted[rung] and variant not in self._closed:
                     self._promoted[rung].add(variant)
                     found.append((variant, rung + 1))

@@ -55,6 +55,16 @@ def test_closed_candidates_keep_their_place_in_the_ranking_but_do_not_move():
     assert asha.waiting() == ["b"]
 
 
+def test_when_no_more_candidates_come_the_best_of_a_small_rung_still_goes_up():
+    asha = Asha(rungs=3, eta=3)
+    asha.record(0, "a", -0.5)
+    asha.record(0, "b", -0.1)
+    assert asha.promotions() == []                        # floor(2/3) = 0: waiting for competitors
+    assert asha.promotions(draining=True) == [("a", 1)]   # ceil(2/3) = 1
+    asha.record(0, "c", 0.2)
+    assert asha.promotions(draining=True) == []           # b is second of three, c no better than its parent
+
+
 def test_promotions_restored_from_the_store_are_not_repeated():
     asha = Asha(rungs=2, eta=2)
     asha.mark_promoted(0, "a")
