@@ -128,8 +128,7 @@ class Store:
         self._engine = sa.create_engine(url)
         if self._engine.dialect.name == "sqlite":
             sa.event.listen(self._engine, "connect", _sqlite_pragmas)
-        _metadata.create_all(self._engine)
-        self._add_missing_columns()
+        self._create_tables()
 
     @classmethod
     def in_run_dir(cls, run_dir: str | Path) -> Store:
@@ -137,6 +136,18 @@ class Store:
         folder = Path(run_dir)
         folder.mkdir(parents=True, exist_ok=True)
         return cls(f"sqlite:///{folder.resolve() / DATABASE}")
+
+    def _create_tables(self) -> None:
+        """Create what is missing. Two processes opening a new store at once (a search and `search status`)
+        can both find a table missing and both create it: the loser retries and finds it there."""
+        for attempt in range(3):
+            try:
+                _metadata.create_all(self._engine)
+                self._add_missing_columns()
+                return
+            except sa.exc.OperationalError as error:
+                if "already exists" not in str(error) and "duplicate column" not in str(error) or attempt == 2:
+                    raise
 
     def _add_missing_columns(self) -> None:
         """Stores written before a column existed get it, with its default, so older runs stay readable."""

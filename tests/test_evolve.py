@@ -148,11 +148,13 @@ def test_a_search_killed_with_sigkill_resumes_without_losing_or_rerunning_anythi
     run_dir = tmp_path / "run"
     database = run_dir / "evotrain.db"
     process = subprocess.Popen(_evolve_command(run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 300
-    while len(_finished(database)) < 8 and time.time() < deadline and process.poll() is None:
-        time.sleep(0.5)
-    os.kill(process.pid, signal.SIGKILL)  # mid-flight: evaluations are running
-    process.wait()
+    try:
+        deadline = time.time() + 300
+        while len(_finished(database)) < 8 and time.time() < deadline and process.poll() is None:
+            time.sleep(0.5)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)  # mid-flight: evaluations are running
+        process.wait()
     before = _finished(database)
     assert len(before) >= 8, process.stdout.read().decode()[-2000:]
     store = Store(f"sqlite:///{database}")
@@ -174,12 +176,17 @@ def test_a_search_killed_with_sigkill_resumes_without_losing_or_rerunning_anythi
 def test_ctrl_c_stops_cleanly_and_leaves_nothing_running(tmp_path):
     run_dir = tmp_path / "run"
     process = subprocess.Popen(_evolve_command(run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not _finished(run_dir / "evotrain.db") and time.time() < deadline and process.poll() is None:
-        time.sleep(0.5)
-    runs = psutil.Process(process.pid).children(recursive=True)   # the training subprocesses in flight
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    try:
+        deadline = time.time() + 300
+        while not _finished(run_dir / "evotrain.db") and time.time() < deadline and process.poll() is None:
+            time.sleep(0.5)
+        runs = psutil.Process(process.pid).children(recursive=True)   # the training subprocesses in flight
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     assert process.returncode == 130 and "Run the same command again to resume" in stderr
     store = Store(f"sqlite:///{run_dir / 'evotrain.db'}")
     assert not [e for e in store.evaluations() if e.status == "running"]   # re-queued for the resume

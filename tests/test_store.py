@@ -75,3 +75,19 @@ def test_sqlite_runs_in_wal_mode_so_readers_do_not_block_the_search(tmp_path):
     store.add_variant(SOURCE, origin="baseline")
     with sa.create_engine(store.url).connect() as reader:
         assert reader.execute(sa.text("PRAGMA journal_mode")).scalar() == "wal"
+
+
+def test_processes_opening_a_new_store_at_once_do_not_trip_over_each_other(tmp_path):
+    # A search creating its store while `search status` (or a test) opens it: both see no tables.
+    script = textwrap.dedent("""
+        import sys
+        from population.store import Store
+        Store(f"sqlite:///{sys.argv[1]}").close()
+    """)
+    for attempt in range(5):
+        path = tmp_path / f"race{attempt}.db"
+        openers = [subprocess.Popen([sys.executable, "-c", script, str(path)], stderr=subprocess.PIPE)
+                   for _ in range(4)]
+        for opener in openers:
+            _, stderr = opener.communicate(timeout=60)
+            assert opener.returncode == 0, stderr.decode()[-500:]
