@@ -1,6 +1,6 @@
 """The options of one search, with their defaults, as stored in the run so a resume uses the same ones.
 
-The defaults finish a meaningful search on 2 CPU cores in about 20 minutes: a 300k-token top
+The defaults finish a meaningful search on 2 idle CPU cores in about 25 minutes: a 300k-token top
 rung (about 150 steps of the CPU baseline, 25-40 s a run), rungs at 1/4, 1/2 and 1 of it on
 1, 2 and 3 seeds, a 10-minute search phase, then combine, ablation and the held-out test.
 The lowest rung is 1/4, not 1/9: at 16 steps (1/9) the catalog's moves rank by how fast

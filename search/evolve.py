@@ -135,8 +135,9 @@ class Evolution:
             self.reporter.event(f"re-queued {self.evaluator.requeued} evaluations a stopped search left running")
         self.pool = Pool(self.store, self.evaluator, self.ladder, self.baseline, self.variants)
         self.tuner = KnobTuner(config.storage_url(), config.sampler, config.seed, config.device_kind)
-        self.source = self._given_source or make_source(config.mutator, seed=config.seed, max_cost_usd=config.max_llm_cost,
-                                  record_path=Path(config.run_dir) / "llm.jsonl", device=config.device_kind)
+        self.source = self._given_source or make_source(
+            config.mutator, seed=config.seed, max_cost_usd=config.max_llm_cost,
+            record_path=Path(config.run_dir) / "llm.jsonl", device=config.device_kind)
         self.recent: list[str] = []
         self.llm_cost = meta.get("llm_cost_usd", 0.0)
         self.children_made = meta.get("children", 0)
