@@ -31,7 +31,7 @@ from mutations.patch import unified_diff
 from population.stats import Paired, paired
 from population.store import Variant
 from search.evaluator import Request
-from search.knob_tuning import study_name
+from search.knob_tuning import knob_values, study_name
 from search.ladder import Rung
 from trainer.errors import UserError
 
@@ -244,8 +244,6 @@ class Combiner:
 
     # ---------------------------------------------------------------- helpers
     def _variant(self, source: str, parent: Variant, origin: str, description: str) -> Variant:
-        from search.evolve import knob_values
-
         mutation = structural_diff(parent.source, source, name=origin, description=description)
         variant, _ = self.store.add_variant(source, knobs=knob_values(source, self.config), parents=(parent.id,),
                                             mutation=mutation.to_dict(), origin=origin)

@@ -35,7 +35,7 @@ def fidelity_rows(variants: list[Variant], evaluator: Evaluator, ladder: Ladder)
 def build_snapshot(evo: Evolution) -> Snapshot:
     store, ladder, config = evo.store, evo.ladder, evo.config
     meta = store.meta()
-    evaluations = store.evaluations()
+    finished = evo.evaluator.finished()  # in memory: re-reading every stored result each second would be wasted I/O
     decisions = store.decisions()
     slots = []
     for running in evo.executor.running():
@@ -60,9 +60,9 @@ def build_snapshot(evo: Evolution) -> Snapshot:
         children=evo.children_made,
         children_limit=config.generations * config.population if config.generations else None,
         slots=slots, rungs=rungs,
-        evaluations=dict(Counter(e.status for e in evaluations if e.status != "running")),
+        evaluations=dict(Counter(r.status.value for r in finished)),
         decisions=dict(Counter(d.kind for d in decisions)),
         population=evo.pool.views(), noise=meta.get("noise"), fidelity=meta.get("fidelity", []),
         llm_cost_usd=evo.llm_cost,
-        compute_seconds=sum(e.result.wall_seconds for e in evaluations if e.result is not None),
+        compute_seconds=sum(r.wall_seconds for r in finished),
         recent=list(evo.recent), result=meta.get("result"), updated=time.time())

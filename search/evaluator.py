@@ -92,6 +92,10 @@ class Evaluator:
         running = {request.key for request in self._claims.values()}
         return [r for r in requests if r.key not in self._results and r.key not in running]
 
+    def finished(self) -> list[EvalResult]:
+        """Every finished evaluation's result, held in memory: the dashboard reads these, not the store."""
+        return list(self._results.values())
+
     def in_flight(self) -> list[Request]:
         return list(self._claims.values())
 

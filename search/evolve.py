@@ -22,7 +22,6 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from mutations.knobs import extract_knobs
 from mutations.sources import MutationSource, make_source
 from population.selection import Member, select_pair, select_parent
 from population.stats import Paired, paired, spread
@@ -33,10 +32,11 @@ from search.config import EvolveConfig, check_resume
 from search.evaluator import Evaluator, Request, prune_rule
 from search.executors import Executor, LocalExecutor, RayExecutor, local_slots
 from search.dashboard import build_snapshot, fidelity_rows
-from search.knob_tuning import KnobTuner, study_name
+from search.knob_tuning import KnobTuner, knob_values, study_name
 from search.ladder import SMOKE_BUDGET, Ladder, Rung
 from search.lock import RunLock
 from search.pool import Pool
+from search.scheduler import Asha
 from search.progress import Reporter
 from trainer.errors import UserError
 from trainer.result import EvalResult, Status
@@ -207,7 +207,7 @@ class Evolution:
 
     def _restore(self) -> None:
         """Rebuild the search's state from the store: what a resumed search knows."""
-        self.asha = self._new_asha()
+        self.asha = Asha(len(self.ladder.rungs), self.ladder.eta)
         self.queue: list[tuple[int, int, Request, str]] = []
         self._order = itertools.count()
         self._ended = False
@@ -236,11 +236,6 @@ class Evolution:
             self._resume_candidate(candidate)
         for variant_id, (reference, seeds) in list(self.rechecks.items()):
             self._enqueue_recheck(variant_id, reference, tuple(seeds))
-
-    def _new_asha(self):
-        from search.scheduler import Asha
-
-        return Asha(len(self.ladder.rungs), self.ladder.eta)
 
     def _resume_candidate(self, candidate: Candidate) -> None:
         for rung in self.ladder.rungs[:candidate.rung]:
@@ -435,14 +430,13 @@ class Evolution:
         for elite, (reference, seeds) in list(self.rechecks.items()):
             if variant_id not in (elite, reference):
                 continue
+            pending = [*self.evaluator.in_flight(), *(item[2] for item in self.queue)]
+            if any(r.variant in (elite, reference) and r.purpose == "recheck" for r in pending):
+                continue
             top = self.ladder.top
             all_seeds = top.seeds + tuple(seeds)
-            mine = self.evaluator.scores(elite, top.budget, all_seeds)
-            theirs = self.evaluator.scores(reference, top.budget, all_seeds)
-            if any(r.variant in (elite, reference) and r.purpose == "recheck" for r in self.evaluator.in_flight()) \
-                    or any(item[2].variant in (elite, reference) and item[2].purpose == "recheck" for item in self.queue):
-                continue
-            comparison = paired(mine, theirs)
+            comparison = paired(self.evaluator.scores(elite, top.budget, all_seeds),
+                                self.evaluator.scores(reference, top.budget, all_seeds))
             kind = "confirmed" if comparison is not None and comparison.better(self.config.alpha) else "retired"
             self.store.decide(elite, kind, reference=reference, detail={"paired": comparison.to_dict() if comparison
                                                                          else None, "fresh_seeds": list(seeds)})
@@ -543,10 +537,6 @@ class Evolution:
             self.store.set_meta("elapsed", snapshot.elapsed)
             if self.phase == "search":
                 self.store.set_meta("search_seconds", self.search_seconds)
-
-
-def knob_values(source: str, config: EvolveConfig) -> dict:
-    return {k.name: k.default for k in extract_knobs(source, config.device_kind)}
 
 
 def _versions() -> dict:

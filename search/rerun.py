@@ -16,7 +16,8 @@ from population.stats import Paired, paired
 from population.store import Store, Variant
 from search.config import EvolveConfig
 from search.evaluator import Evaluator, Request
-from search.evolve import knob_values, make_executor
+from search.evolve import make_executor
+from search.knob_tuning import knob_values
 from search.ladder import Ladder
 from trainer.budget import Budget
 from trainer.errors import UserError
