@@ -78,10 +78,12 @@ def make_executor(config: EvolveConfig) -> Executor:
 
 
 class Evolution:
-    def __init__(self, config: EvolveConfig, reporter: Reporter, source: MutationSource | None = None) -> None:
+    def __init__(self, config: EvolveConfig, reporter: Reporter, source: MutationSource | None = None,
+                 executor: Executor | None = None) -> None:
         self.config, self.reporter = config, reporter
         self.rng = random.Random(config.seed)
-        self._given_source = source  # a MutationSource object instead of config.mutator (tests, the Python API)
+        # Objects instead of config.mutator / config.executor (tests, benchmarks, the Python API).
+        self._given_source, self._given_executor = source, executor
 
     # ================================================================ setup
     def run(self) -> dict:
@@ -128,7 +130,7 @@ class Evolution:
                               log=self.reporter.event)
         if config.eval_tokens:
             template = replace(template, profile=replace(template.profile, eval_tokens=config.eval_tokens))
-        self.executor = make_executor(config)
+        self.executor = self._given_executor or make_executor(config)
         self.evaluator = Evaluator(self.store, self.executor, template, config.run_dir,
                                    on_finish=self._on_finish, timeout_s=config.timeout)
         if self.evaluator.requeued:
@@ -163,10 +165,10 @@ class Evolution:
 
     # ================================================================ noise
     def _measure_noise(self) -> None:
-        """The baseline on every rung (the paired reference of the first children), its top rung on
-        several seeds: that spread is the noise the search's decisions are read against."""
+        """The baseline on every rung on the top rung's seeds: the paired reference of the first
+        children, and the seed noise at each rung that the search's decisions are read against."""
         work = [(Request(self.baseline.id, rung.budget, seed, purpose="noise"), self.baseline_source)
-                for rung in self.ladder.rungs for seed in rung.seeds]
+                for rung in self.ladder.rungs for seed in self.ladder.top.seeds]
         self.evaluator.run_all(work)
         for request, _ in work:
             result = self.evaluator.result(request)
@@ -176,7 +178,10 @@ class Evolution:
                 raise UserError(f"the baseline failed at {request.budget} seed {request.seed} ({status}: {message}); "
                                 f"see its log under {Path(self.config.run_dir) / 'logs' / self.baseline.id}")
         top = list(self.evaluator.scores(self.baseline.id, self.ladder.top.budget, self.ladder.top.seeds).values())
-        noise = {"sd": spread(top), "mean": sum(top) / len(top), "n": len(top), "budget": str(self.ladder.top.budget)}
+        rung_sd = [spread(list(self.evaluator.scores(self.baseline.id, rung.budget, self.ladder.top.seeds).values()))
+                   for rung in self.ladder.rungs]
+        noise = {"sd": spread(top), "mean": sum(top) / len(top), "n": len(top), "budget": str(self.ladder.top.budget),
+                 "rung_sd": rung_sd}
         self.store.set_meta("noise", noise)
         self.event(f"baseline val_bpb {noise['mean']:.4f}, seed sd {noise['sd']:.4f} over {noise['n']} seeds "
                     f"at {noise['budget']}")
@@ -207,7 +212,7 @@ class Evolution:
 
     def _restore(self) -> None:
         """Rebuild the search's state from the store: what a resumed search knows."""
-        self.asha = Asha(len(self.ladder.rungs), self.ladder.eta)
+        self.asha = Asha(len(self.ladder.rungs), self.ladder.eta, self._margins())
         self.queue: list[tuple[int, int, Request, str]] = []
         self._order = itertools.count()
         self._ended = False
@@ -229,7 +234,13 @@ class Evolution:
             self.store.decide(self.baseline.id, "accepted", detail={"reason": "the baseline"})
         self.candidates: dict[str, Candidate] = {}
         for variant in self.variants.values():
-            if variant.id == self.baseline.id or variant.id in final:
+            if variant.id == self.baseline.id:
+                continue
+            for rung in self.ladder.rungs[:-1] if variant.parents else ():  # every completion counts in its
+                score = self._rung_comparison(Candidate(variant), rung)  # rung's quota, as when live
+                if score is not None:
+                    self.asha.record(rung.index, variant.id, score.mean)
+            if variant.id in final:
                 continue
             candidate = Candidate(variant, promoted.get(variant.id, 0))
             self.candidates[variant.id] = candidate
@@ -237,11 +248,13 @@ class Evolution:
         for variant_id, (reference, seeds) in list(self.rechecks.items()):
             self._enqueue_recheck(variant_id, reference, tuple(seeds))
 
+    def _margins(self) -> list[float]:
+        """How much worse than its parent a child may look at each rung below the top and still climb:
+        the baseline's seed spread there (runs stored before it was measured per rung: the top's)."""
+        noise = self.store.meta().get("noise", {})
+        return noise.get("rung_sd") or [noise.get("sd", 0.0)] * len(self.ladder.rungs)
+
     def _resume_candidate(self, candidate: Candidate) -> None:
-        for rung in self.ladder.rungs[:candidate.rung]:
-            score = self._rung_comparison(candidate, rung)
-            if score is not None:
-                self.asha.record(rung.index, candidate.variant.id, score.mean)
         if self._needs_smoke(candidate.variant):
             smoke = Request(candidate.variant.id, SMOKE_BUDGET, 0, purpose="smoke")
             result = self.evaluator.result(smoke)
@@ -358,11 +371,14 @@ class Evolution:
                          value=mean)
             if accepted:
                 self._admit(variant)
-        elif comparison.mean >= 0:
-            self._decide(candidate, "rejected", rung=rung.index, comparison=comparison,
-                         reason="no better than its parent at this rung")
         else:
+            # Recorded before any rejection: a rung's quota counts every candidate that completed it,
+            # so one good child among many rejected ones is promoted without waiting for peers.
             self.asha.record(rung.index, variant.id, comparison.mean)
+            margin = self.asha.margins[rung.index]
+            if comparison.mean >= margin:
+                self._decide(candidate, "rejected", rung=rung.index, comparison=comparison,
+                             reason=f"worse than its parent by more than the seed noise at this rung ({margin:.4g})")
 
     def _promote(self, draining: bool = False) -> bool:
         """Move candidates up the ladder; whether any moved."""

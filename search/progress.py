@@ -271,6 +271,22 @@ class PlainLog:
         self._last_summary = self._clock()
 
 
+class NullReporter:
+    """Shows nothing: for the Python API, tests and benchmarks. The events are kept in `lines`."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def refresh(self, snapshot: Snapshot) -> None:
+        pass
+
+    def event(self, line: str) -> None:
+        self.lines.append(line)
+
+    def close(self) -> None:
+        pass
+
+
 def make_reporter(live: bool | None = None) -> Reporter:
     """The dashboard on a terminal, plain lines otherwise (None: decide by whether stderr is a terminal)."""
     if live is None:

@@ -4,8 +4,10 @@ A candidate that completes rung r is promoted to rung r+1 as soon as it ranks in
 1/eta of every candidate that has completed rung r so far; nobody waits for a generation
 to fill. The score is the candidate's paired difference to its reference (its parent) on
 the rung's seeds, so children of strong and weak parents are ranked by what their
-mutation did, not by where their parent stood. A candidate no better than its reference
-is never promoted, however few candidates there are.
+mutation did, not by where their parent stood. A candidate worse than its reference by
+more than the rung's margin (the seed noise measured there) is never promoted, however few
+candidates there are: with one seed at the lowest rung, a lucky draw of the parent would
+otherwise block every child compared against it.
 """
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ from collections import defaultdict
 
 
 class Asha:
-    def __init__(self, rungs: int, eta: int) -> None:
+    def __init__(self, rungs: int, eta: int, margins: list[float] | None = None) -> None:
         self.rungs, self.eta = rungs, eta
+        self.margins = list(margins) if margins else [0.0] * rungs  # promotable while score < margin
         self._scores: dict[int, dict[str, float]] = defaultdict(dict)
         self._promoted: dict[int, set[str]] = defaultdict(set)
         self._closed: set[str] = set()
@@ -41,7 +44,7 @@ class Asha:
             ranked = sorted(self._scores[rung].items(), key=lambda item: item[1])
             quota = -(-len(ranked) // self.eta) if draining else len(ranked) // self.eta
             for variant, score in ranked[:quota]:
-                if score < 0 and variant not in self._promoted[rung] and variant not in self._closed:
+                if score < self.margins[rung] and variant not in self._promoted[rung] and variant not in self._closed:
                     self._promoted[rung].add(variant)
                     found.append((variant, rung + 1))
         return found

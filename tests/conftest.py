@@ -85,28 +85,15 @@ TINY_EVOLVE = dict(population=3, time_limit=None, budget="16k", fractions=(0.25,
                    eval_tokens=4096, alpha=0.1)
 
 
-class QuietReporter:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def refresh(self, snapshot) -> None:
-        pass
-
-    def event(self, line: str) -> None:
-        self.lines.append(line)
-
-    def close(self) -> None:
-        pass
-
-
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory):
     """The run directory of a small, finished `search evolve` (read it, do not change it)."""
     from search.config import EvolveConfig
     from search.evolve import Evolution
+    from search.progress import NullReporter
 
     run_dir = tmp_path_factory.mktemp("finished") / "run"
     config = EvolveConfig(run_dir=run_dir, mutator="catalog:higher_lr,smaller_batch,untied_head", generations=2,
                           tune_share=0.2, merge_share=0.2, **TINY_EVOLVE)
-    Evolution(config, QuietReporter()).run()
+    Evolution(config, NullReporter()).run()
     return run_dir

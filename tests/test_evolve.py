@@ -23,7 +23,8 @@ from search.config import EvolveConfig
 from search.evolve import Evolution
 from trainer.baselines import BASELINE
 
-from conftest import TINY_EVOLVE as TINY, QuietReporter as Events
+from conftest import TINY_EVOLVE as TINY
+from search.progress import NullReporter as Events
 
 BASE = BASELINE.read_text()
 # At 8 steps a higher learning rate is worth about one bit per byte, an untied head only hurts.

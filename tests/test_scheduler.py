@@ -159,3 +159,12 @@ def test_a_study_starts_from_the_variants_own_values_and_records_pruned_and_comp
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
     assert study.trials[1].intermediate_values == {0: 3.9}
     assert study.best_value == 3.5
+
+
+def test_a_rung_margin_lets_a_child_within_the_noise_climb():
+    """With one seed at the lowest rung the parent's own draw can be lucky: a child that looks slightly
+    worse but within the rung's measured noise may still be promoted; one beyond it never is."""
+    asha = Asha(rungs=2, eta=2, margins=[0.01, 0.0])
+    asha.record(0, "within", 0.004)
+    asha.record(0, "beyond", 0.02)
+    assert asha.promotions(draining=True) == [("within", 1)]

@@ -1,0 +1,128 @@
+"""What an evaluation costs beyond its training budget, and what the search driver costs.
+
+    .venv/bin/python benchmarks/overhead.py                  # about 9 minutes on 2 idle cores
+
+1. The baseline at 30 s, 60 s and 300 s wall-clock budgets through the sandboxed runner, one
+   at a time on an idle machine. Overhead = wall time minus training time, split into
+   start-up (interpreter, imports, data, model, up to the first batch), warm-up and probes
+   (steps left out of the budget for compilation, the 3 in-run validation probes),
+   validation (leak check and val_bpb) and the store (writing the result to SQLite, timed
+   here on a scratch store). Reported as a fraction of the budget; the target is < 3% at 60 s.
+2. The driver: a short `search evolve` in a subprocess, sampling the CPU time of the driver
+   process alone (its evaluations are children and not counted) against its wall time.
+
+Writes benchmarks/results/overhead.csv and overhead.md. `--device cuda` measures a GPU
+(benchmarks/gpu_throughput.py also reports overhead per configuration there).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+
+from population.store import Store
+from trainer.baselines import BASELINE
+from trainer.result import EvalResult
+from trainer.runner import build_spec, default_timeout, run_variant
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def store_seconds(result: EvalResult, repeats: int = 20) -> float:
+    """Mean time to record one evaluation (begin + finish) in a fresh SQLite store."""
+    with tempfile.TemporaryDirectory() as folder:
+        store = Store.in_run_dir(folder)
+        variant, _ = store.add_variant(BASELINE.read_text(), origin="baseline")
+        started = time.perf_counter()
+        for seed in range(repeats):
+            key = store.begin_evaluation(variant.id, result.budget, seed)
+            store.finish_evaluation(key, result)
+        elapsed = (time.perf_counter() - started) / repeats
+        store.close()
+    return elapsed
+
+
+def evaluation_row(budget: str, device: str) -> dict:
+    spec = build_spec(budget, seed=0, device=device)
+    result = run_variant(BASELINE.read_text(), spec, timeout_s=default_timeout(spec.budget))
+    if not result.status.is_ok():
+        raise SystemExit(f"the baseline ended {result.status.value} at {budget}: {result.message}")
+    startup = result.extra.get("startup_seconds", 0.0)
+    validation = result.extra.get("eval_seconds", 0.0)
+    overhead = result.wall_seconds - result.training_seconds
+    store = store_seconds(result)
+    return {
+        "budget": budget, "device": device, "wall_s": round(result.wall_seconds, 2),
+        "training_s": round(result.training_seconds, 2), "startup_s": round(startup, 2),
+        "warmup_and_probes_s": round(overhead - startup - validation, 2), "validation_s": round(validation, 2),
+        "store_s": round(store, 4), "overhead_s": round(overhead + store, 2),
+        "overhead_fraction": round((overhead + store) / spec.budget.amount, 4), "steps": result.steps,
+    }
+
+
+def driver_cpu(seconds: str, budget: str) -> dict:
+    """CPU share of the `search evolve` driver process during a short search."""
+    with tempfile.TemporaryDirectory() as folder:
+        command = [sys.executable, "-m", "search", "evolve", "--run-dir", str(Path(folder) / "run"), "--time",
+                   seconds, "--budget", budget, "--device", "cpu", "--stack-trials", "1", "--combine-max", "2"]
+        process = psutil.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started, last = time.perf_counter(), None
+        while process.poll() is None:
+            try:
+                times = process.cpu_times()
+                last = (times.user + times.system, time.perf_counter() - started)
+            except psutil.Error:
+                break
+            time.sleep(0.5)
+        if process.returncode not in (0, None) or last is None:
+            raise SystemExit(f"the search ended with exit code {process.returncode}")
+    cpu, wall = last
+    return {"driver_cpu_s": round(cpu, 1), "driver_wall_s": round(wall, 1), "driver_cpu_share": round(cpu / wall, 4)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budgets", default="30s,60s,300s", help="wall-clock budgets of the baseline runs")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--search-time", default="3min", help="--time of the search whose driver is measured")
+    parser.add_argument("--search-budget", default="100k", help="--budget of that search")
+    args = parser.parse_args()
+
+    rows = []
+    for budget in args.budgets.split(","):
+        rows.append(evaluation_row(budget, args.device))
+        print(rows[-1], file=sys.stderr, flush=True)
+    driver = driver_cpu(args.search_time, args.search_budget)
+    print(driver, file=sys.stderr, flush=True)
+
+    RESULTS.mkdir(exist_ok=True)
+    with open(RESULTS / "overhead.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [
+        "# Overhead per evaluation, and the driver's CPU", "",
+        f"Command: `.venv/bin/python benchmarks/overhead.py {' '.join(sys.argv[1:])}` "
+        f"({datetime.now(timezone.utc):%Y-%m-%d}, {psutil.cpu_count()} CPU cores, one run at a time).", "",
+        "| budget | wall s | training s | start-up s | warm-up + probes s | validation s | store s | overhead / budget |",
+        "|---|---|---|---|---|---|---|---|",
+        *(f"| {r['budget']} | {r['wall_s']} | {r['training_s']} | {r['startup_s']} | {r['warmup_and_probes_s']} | "
+          f"{r['validation_s']} | {r['store_s']} | {100 * r['overhead_fraction']:.1f}% |" for r in rows),
+        "",
+        f"Driver (`search evolve --time {args.search_time} --budget {args.search_budget}`, its own process, "
+        f"evaluations excluded): {driver['driver_cpu_s']} CPU s over {driver['driver_wall_s']} s of wall time, "
+        f"{100 * driver['driver_cpu_share']:.1f}% of one core.", "",
+    ]
+    (RESULTS / "overhead.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
