@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import json
 import math
 import os
 import subprocess
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -69,17 +71,19 @@ class Measurements:
         return paired(self.scores(source), self.scores(reference))
 
 
-def measured_row(outcome: Outcome, measurements: Measurements, baseline: str) -> dict:
-    measurements.run([baseline, outcome.source, *(s for s in outcome.kept.values() if s)])
+def measured_row(outcome: Outcome, measurements: Measurements, baseline: str, false_keeps: bool = True) -> dict:
+    """The outcome against the baseline on fresh seeds; with `false_keeps`, also each leave-one-out
+    (for the real task the costly part: one more variant per kept change)."""
+    measurements.run([baseline, outcome.source, *(s for s in outcome.kept.values() if s and false_keeps)])
     test = measurements.delta(outcome.source, baseline) if outcome.source != baseline else None
-    false_keeps = [name for name, without in outcome.kept.items()
-                   if without and (d := measurements.delta(outcome.source, without)) and d.mean > 0]
+    hurting = [name for name, without in outcome.kept.items()
+               if false_keeps and without and (d := measurements.delta(outcome.source, without)) and d.mean > 0]
     return {
         "strategy": outcome.strategy, "compute_tokens": outcome.tokens, "evaluations": outcome.evaluations,
         "test_delta": test.mean if test else 0.0, "ci_low": test.ci_low if test else 0.0,
         "ci_high": test.ci_high if test else 0.0, "test_n": test.n if test else 0,
         "kept": len(outcome.kept), "kept_changes": " ".join(outcome.kept),
-        "false_keeps": len(false_keeps), "false_kept": " ".join(false_keeps),
+        "false_keeps": len(hurting) if false_keeps else "", "false_kept": " ".join(hurting),
     }
 
 
@@ -203,12 +207,20 @@ def run_real(args: argparse.Namespace) -> list[dict]:
     outcomes = [real_evolve(args)]
     tokens = outcomes[0].tokens
     print(f"evolve used {tokens:,} tokens in {outcomes[0].evaluations} evaluations", file=sys.stderr, flush=True)
+    saved = Path(args.run_dir) / "strategies"  # each finished strategy's outcome: a rerun skips it
+    saved.mkdir(exist_ok=True)
     for strategy in (strategies.greedy, strategies.random_stacks, strategies.optuna_knobs):
-        outcomes.append(strategy(problem, tokens, args.seed))
-        print(f"{outcomes[-1].strategy}: {outcomes[-1].evaluations} runs, kept {list(outcomes[-1].kept)} "
+        name = {"random_stacks": "random", "optuna_knobs": "optuna"}.get(strategy.__name__, strategy.__name__)
+        if name not in args.strategies.split(","):
+            continue
+        path = saved / f"{name}.json"
+        if not path.exists():
+            path.write_text(json.dumps(asdict(strategy(problem, tokens, args.seed))))
+        outcomes.append(Outcome(**json.loads(path.read_text())))
+        print(f"{name}: {outcomes[-1].evaluations} runs, kept {list(outcomes[-1].kept)} "
               f"({time.perf_counter() - started:.0f}s)", file=sys.stderr, flush=True)
     measurements = Measurements(problem, args.test_seeds)
-    rows = [measured_row(outcome, measurements, problem.baseline) for outcome in outcomes]
+    rows = [measured_row(outcome, measurements, problem.baseline, not args.no_false_keeps) for outcome in outcomes]
     for row in rows:
         print(_brief(row), file=sys.stderr, flush=True)
     return rows
@@ -230,9 +242,10 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 def real_markdown(rows: list[dict], command: str) -> str:
     lines = ["# Search efficiency on the real task (the CPU baseline and the catalog)", "",
-             f"Command: `{command}` ({datetime.now(timezone.utc):%Y-%m-%d}, 2 CPU cores). Test delta = the "
-             "strategy's result minus the baseline on the held-out test split, fresh seeds; false keeps = kept "
-             "changes whose removal lowers val_bpb on those seeds.", "",
+             f"Command: `{command}` ({datetime.now(timezone.utc):%Y-%m-%d}, {os.cpu_count()} CPU cores). Test delta = "
+             "the strategy's result minus the baseline on the held-out test split, fresh seeds; false keeps = kept "
+             "changes whose removal lowers val_bpb on those seeds. Compute is in training tokens, the budget's unit: "
+             "a kept change that makes the model bigger costs more time per token.", "",
              "| strategy | test delta val_bpb [95% CI] | n | kept | false keeps | compute (M tokens) | runs |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -308,6 +321,9 @@ def main() -> None:
     real.add_argument("--workers", type=int, default=2, help="held-out runs at a time")
     real.add_argument("--seed", type=int, default=0, help="seed of the greedy, random and optuna strategies")
     real.add_argument("--test-seeds", type=int, default=3)
+    real.add_argument("--strategies", default="greedy,random,optuna", help="which to compare with evolve")
+    real.add_argument("--no-false-keeps", action="store_true", help="skip the leave-one-out runs of every kept "
+                      "change (the costly part with big kept stacks)")
     syn = tasks.add_parser("synthetic", help="the synthetic task with known ground truth")
     syn.add_argument("--noise", default="0.003,0.01,0.03", help="per-variant noise sd at the full budget")
     syn.add_argument("--children", default="16,48,128", help="evolve's children (sets the compute of each row)")

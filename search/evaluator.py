@@ -17,7 +17,7 @@ from population.store import Store
 from search.executors import EvalJob, Executor
 from trainer.budget import Budget
 from trainer.result import EvalResult
-from trainer.runner import default_timeout
+from trainer.runner import default_timeout, for_smoke
 from trainer.spec import RunSpec
 
 _PRUNE_FROM_PROGRESS = 0.5   # probes before half the budget are too noisy to stop a run on
@@ -111,7 +111,7 @@ class Evaluator:
             return False
         spec = replace(self.template, budget=request.budget, seed=request.seed, split=request.split)
         if request.purpose == "smoke":
-            spec = replace(spec, profile=replace(spec.profile, eval_tokens=1024, probe_rows=2), probes=())
+            spec = replace(for_smoke(spec), probes=())
         log = self._logs / request.variant / f"{request.split}-{request.budget}-s{request.seed}.log"
         self._claims[key] = request
         self.executor.submit(EvalJob(key=key, source=source, spec=spec,

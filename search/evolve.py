@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import os
 import platform
 import random
@@ -252,7 +253,8 @@ class Evolution:
         """How much worse than its parent a child may look at each rung below the top and still climb:
         the baseline's seed spread there (runs stored before it was measured per rung: the top's)."""
         noise = self.store.meta().get("noise", {})
-        return noise.get("rung_sd") or [noise.get("sd", 0.0)] * len(self.ladder.rungs)
+        spreads = noise.get("rung_sd") or [noise.get("sd", 0.0)] * len(self.ladder.rungs)
+        return [0.0 if math.isnan(sd) else sd for sd in spreads]  # one seed has no spread
 
     def _resume_candidate(self, candidate: Candidate) -> None:
         if self._needs_smoke(candidate.variant):

@@ -98,3 +98,8 @@ def test_logits_of_the_wrong_shape_are_invalid():
     with pytest.raises(RunFailure) as failure:
         bpb(Flat(), inputs, targets, torch.ones(256, dtype=torch.int64))
     assert failure.value.status is Status.INVALID
+
+
+def test_too_few_validation_tokens_for_one_row_names_both_numbers():
+    with pytest.raises(RunFailure, match="1024 validation tokens .* fewer than one row of 2048"):
+        validation_rows(np.arange(10_000) % 256, 2048, 1024)

@@ -226,3 +226,15 @@ def test_baseline_learns(make_spec):
     result = run(BASELINE.read_text(), make_spec("60k"))
     assert result.status is Status.OK
     assert result.val_bpb < result.curve[0].val_bpb < 8.0
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_smoke_runs_validate_at_least_one_row_of_the_devices_context(device):
+    """A fixed 1024-token smoke validation is shorter than one CUDA row (2048): every structural
+    child was refused on GPU before (found on an H200). Building the spec needs no GPU."""
+    from trainer.budget import Budget
+    from trainer.runner import for_smoke
+    from trainer.spec import RunSpec
+
+    spec = for_smoke(RunSpec.for_device(device, budget=Budget.parse("1tok"), seed=0, dataset_root="unused"))
+    assert spec.profile.eval_tokens >= spec.profile.seq_len

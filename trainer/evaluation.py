@@ -31,7 +31,8 @@ def validation_rows(tokens: np.ndarray, seq_len: int, n_tokens: int) -> tuple[to
     """Fixed (inputs, targets) rows of seq_len from the start of a split, at most n_tokens targets."""
     rows = min(n_tokens, len(tokens) - 1) // seq_len
     if rows < 1:
-        raise RunFailure(Status.INVALID, f"validation split has {len(tokens)} tokens, fewer than one row of {seq_len}")
+        raise RunFailure(Status.INVALID, f"{min(n_tokens, len(tokens) - 1)} validation tokens (of {len(tokens)} in the "
+                                         f"split) are fewer than one row of {seq_len}")
     window = torch.from_numpy(np.asarray(tokens[: rows * seq_len + 1], dtype=np.int64))
     return window[:-1].view(rows, seq_len), window[1:].view(rows, seq_len)
 

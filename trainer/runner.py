@@ -29,6 +29,8 @@ from trainer.result import CurvePoint, EvalResult, Status
 from trainer.sandbox import group_rss_mb, kill_group, limit_address_space, scrubbed_env
 from trainer.spec import DEFAULT_PROBES, PROFILES, RunSpec
 
+_SMOKE_EVAL_TOKENS = 1024
+
 EventHandler = Callable[[dict], bool]  # returns True to stop the run early (status pruned)
 
 _POLL_SECONDS = 0.2
@@ -68,10 +70,16 @@ def build_spec(
 
 
 def smoke_spec(budget: str = "1tok", device: str = "cpu") -> RunSpec:
-    """A spec for a quick check that a variant trains: one thread, a 1024-token validation set.
+    """A spec for a quick check that a variant trains: one thread, a small validation set.
     The default budget, one token, is spent by the first step."""
-    spec = build_spec(budget, seed=0, device=device, threads=1)
-    return replace(spec, profile=replace(spec.profile, eval_tokens=1024, probe_rows=2))
+    return for_smoke(build_spec(budget, seed=0, device=device, threads=1))
+
+
+def for_smoke(spec: RunSpec) -> RunSpec:
+    """The same run validated on a small slice, at least one row of the device's context (2048 on
+    CUDA: a fixed 1024 tokens made every smoke run there invalid)."""
+    eval_tokens = max(_SMOKE_EVAL_TOKENS, spec.profile.seq_len)
+    return replace(spec, profile=replace(spec.profile, eval_tokens=eval_tokens, probe_rows=2))
 
 
 def default_timeout(budget: Budget) -> float:
