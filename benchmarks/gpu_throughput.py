@@ -77,8 +77,7 @@ def peak_flops(device_name: str, override: float) -> float:
     return 0.0
 
 
-def row(name: str, source: str, result: EvalResult, spec, peak: float) -> dict:
-    vocab_size = PreparedDataset.load(spec.dataset_root).vocab_size
+def row(name: str, source: str, result: EvalResult, spec, vocab_size: int, peak: float) -> dict:
     flops = flops_per_token(source, spec.device.split(":")[0], vocab_size, spec.profile.seq_len)
     overhead = result.wall_seconds - result.training_seconds
     return {
@@ -115,14 +114,15 @@ def main() -> None:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with open(output, "w", newline="") as f:
-        writer = None
+        writer, vocab_size = None, 0
         for name, budget, source in configurations(args.budget, args.long_budget):
             if wanted and name not in wanted:
                 continue
             spec = build_spec(budget, seed=0, device=args.device)
+            vocab_size = vocab_size or PreparedDataset.load(spec.dataset_root).vocab_size
             started = time.perf_counter()
             result = run_variant(source, spec, timeout_s=default_timeout(spec.budget))
-            measured = {"device": device_name, **row(name, source, result, spec, peak)}
+            measured = {"device": device_name, **row(name, source, result, spec, vocab_size, peak)}
             print(f"{time.perf_counter() - started:6.1f}s {measured}", flush=True)
             if not result.status.is_ok():
                 print(result.log_tail, file=sys.stderr, flush=True)

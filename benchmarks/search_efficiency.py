@@ -209,10 +209,8 @@ def run_real(args: argparse.Namespace) -> list[dict]:
     print(f"evolve used {tokens:,} tokens in {outcomes[0].evaluations} evaluations", file=sys.stderr, flush=True)
     saved = Path(args.run_dir) / "strategies"  # each finished strategy's outcome: a rerun skips it
     saved.mkdir(exist_ok=True)
-    for strategy in (strategies.greedy, strategies.random_stacks, strategies.optuna_knobs):
-        name = {"random_stacks": "random", "optuna_knobs": "optuna"}.get(strategy.__name__, strategy.__name__)
-        if name not in args.strategies.split(","):
-            continue
+    for name in args.strategies.split(","):
+        strategy = strategies.COMPARED[name]
         path = saved / f"{name}.json"
         if not path.exists():
             path.write_text(json.dumps(asdict(strategy(problem, tokens, args.seed))))

@@ -192,3 +192,7 @@ def evolve_outcome(run_dir: Path) -> Outcome:
         return Outcome("evolve", variants[result["stack"]].source, kept, tokens, len(spent))
     finally:
         store.close()
+
+
+# The strategies evolve is compared with, by the name their outcomes carry.
+COMPARED = {"greedy": greedy, "random": random_stacks, "optuna": optuna_knobs}

@@ -24,7 +24,6 @@ import itertools
 import math
 import random
 import re
-import time
 from dataclasses import dataclass, field
 
 from mutations.diff import structural_diff
@@ -192,15 +191,12 @@ class SyntheticSource(MutationSource):
 
 @dataclass
 class SyntheticExecutor(Executor):
-    """Scores each job from the hidden function as soon as it is submitted; `seconds` per evaluation
-    can be slept to mimic a slow evaluator, but the ledger below is what compute comparisons use."""
+    """Scores each job from the hidden function as soon as it is submitted (compute is read back
+    from the store, as for a real run)."""
 
     task: SyntheticTask
     full_budget: str = FULL_BUDGET
     workers: int = 2
-    seconds: float = 0.0
-    tokens_used: int = 0
-    evaluations: int = 0
     _done: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -213,10 +209,6 @@ class SyntheticExecutor(Executor):
     def submit(self, job: EvalJob) -> None:
         budget = job.spec.budget
         fraction = min(1.0, budget.amount / self._full)
-        if self.seconds:
-            time.sleep(self.seconds)
-        self.tokens_used += int(budget.amount)
-        self.evaluations += 1
         value = self.task.observed(job.source, fraction, job.spec.seed, job.spec.split)
         self._done.append((job, EvalResult(
             status=Status.OK, val_bpb=value, steps=1, tokens=int(budget.amount), training_seconds=1.0,
