@@ -51,17 +51,31 @@ TEST_SEEDS_FROM = 3000  # apart from every seed the search uses (search/ladder.p
 
 # ---------------------------------------------------------------- measuring outcomes on fresh seeds
 class Measurements:
-    """Held-out runs shared by every strategy: the same source on the same seed runs once."""
+    """Held-out runs shared by every strategy: the same source on the same seed runs once.
 
-    def __init__(self, problem: Problem, seeds: int) -> None:
+    With a `ledger` file, every batch of finished runs is appended to it and read back on the
+    next start, so an interrupted real comparison (hours of runs) resumes where it stopped."""
+
+    def __init__(self, problem: Problem, seeds: int, ledger: Path | None = None, batch: int = 0) -> None:
         self.problem, self.seeds = problem, [TEST_SEEDS_FROM + i for i in range(seeds)]
+        self.ledger, self.batch = ledger, batch
         self._scores: dict[tuple[str, int], float | None] = {}
+        if ledger and ledger.exists():
+            for line in ledger.read_text().splitlines():
+                entry = json.loads(line)
+                self._scores[entry["source"], entry["seed"]] = entry["val_bpb"]
 
     def run(self, sources: list[str]) -> None:
         jobs = [Job(source, self.problem.budget, seed, "test") for source in dict.fromkeys(sources)
                 for seed in self.seeds if (source, seed) not in self._scores]
-        for job, value in zip(jobs, self.problem.run_jobs(jobs)):
-            self._scores[job.source, job.seed] = value
+        size = self.batch or len(jobs) or 1
+        for start in range(0, len(jobs), size):
+            batch = jobs[start:start + size]
+            for job, value in zip(batch, self.problem.run_jobs(batch)):
+                self._scores[job.source, job.seed] = value
+                if self.ledger:
+                    with open(self.ledger, "a") as f:
+                        f.write(json.dumps({"source": job.source, "seed": job.seed, "val_bpb": value}) + "\n")
 
     def scores(self, source: str) -> dict[int, float]:
         return {seed: self._scores[source, seed] for seed in self.seeds
@@ -217,10 +231,13 @@ def run_real(args: argparse.Namespace) -> list[dict]:
         outcomes.append(Outcome(**json.loads(path.read_text())))
         print(f"{name}: {outcomes[-1].evaluations} runs, kept {list(outcomes[-1].kept)} "
               f"({time.perf_counter() - started:.0f}s)", file=sys.stderr, flush=True)
-    measurements = Measurements(problem, args.test_seeds)
-    rows = [measured_row(outcome, measurements, problem.baseline, not args.no_false_keeps) for outcome in outcomes]
-    for row in rows:
-        print(_brief(row), file=sys.stderr, flush=True)
+    # batches of two rounds of the workers: each batch is saved before the next starts
+    measurements = Measurements(problem, args.test_seeds, saved / "test_runs.jsonl", batch=2 * args.workers)
+    measurements.run([problem.baseline, *(outcome.source for outcome in outcomes)])  # test deltas before false keeps
+    rows = []
+    for outcome in outcomes:
+        rows.append(measured_row(outcome, measurements, problem.baseline, not args.no_false_keeps))
+        print(_brief(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
 

@@ -84,6 +84,23 @@ def test_strategies_stay_within_the_compute_and_keep_only_what_measured_better(t
     assert stacks.tokens <= share and stacks.evaluations <= 10
 
 
+def test_held_out_runs_are_saved_as_they_finish_and_never_rerun_after_a_restart(task, tmp_path):
+    problem = search_efficiency.synthetic_problem(task)
+    ledger = tmp_path / "test_runs.jsonl"
+    variant = synthetic.switch_on(problem.baseline, "feature_03")
+    first = search_efficiency.Measurements(problem, seeds=3, ledger=ledger, batch=2)
+    first.run([problem.baseline, variant])
+    assert len(ledger.read_text().splitlines()) == 6
+
+    def must_not_run(jobs):
+        raise AssertionError(f"reran {len(jobs)} finished runs")
+
+    restarted = search_efficiency.Measurements(
+        search_efficiency.Problem(problem.baseline, problem.moves, problem.budget, must_not_run), seeds=3, ledger=ledger)
+    restarted.run([problem.baseline, variant])
+    assert restarted.delta(variant, problem.baseline).mean == first.delta(variant, problem.baseline).mean
+
+
 def test_evolve_on_the_synthetic_task_finds_good_moves_and_keeps_no_harmful_one(task, tmp_path):
     outcome = search_efficiency.synthetic_evolve(task, children=24, seed=0, work=tmp_path)
     truth = search_efficiency.truth_row(task, outcome, synthetic.standin_source(task))
