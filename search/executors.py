@@ -22,6 +22,7 @@ from trainer.datasets import META, PreparedDataset, prepare
 from trainer.errors import UserError
 from trainer.result import EvalResult, Status
 from trainer.runner import resolve_device, run_variant
+from trainer.spares import Spares
 from trainer.spec import RunSpec
 
 _MAX_CPU_SLOTS = 4      # on 2 cores, 2 one-thread slots gave the most evaluations per hour
@@ -157,6 +158,7 @@ class LocalExecutor(Executor):
         self._active: dict[int, _Active] = {}  # slot index -> what runs there
         self._done: queue.Queue[tuple[EvalJob, EvalResult]] = queue.Queue()
         self._lock = threading.Lock()
+        self._spares = Spares()  # each slot's next interpreter starts while its current run trains
 
     def free_slots(self) -> int:
         with self._lock:
@@ -196,6 +198,7 @@ class LocalExecutor(Executor):
 
     def close(self) -> None:
         self.stop()
+        self._spares.close()
 
     def _evaluate(self, index: int, active: _Active) -> None:
         job, slot = active.job, self.slots[index]
@@ -208,7 +211,7 @@ class LocalExecutor(Executor):
         try:
             job.log_path.parent.mkdir(parents=True, exist_ok=True)
             result = run_variant(job.source, _slot_spec(job, slot), timeout_s=job.timeout_s, memory_mb=job.memory_mb,
-                                 log_path=job.log_path, on_event=on_event, stop=active.stop)
+                                 log_path=job.log_path, on_event=on_event, stop=active.stop, spares=self._spares)
         except Exception as error:  # the executor outlives any one evaluation
             result = _failed(job, slot, f"the executor could not run the evaluation: {type(error).__name__}: {error}")
         with self._lock:  # the slot is free before wait() can hand the result out

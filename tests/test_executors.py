@@ -65,8 +65,10 @@ def drive(executor, queued: list[EvalJob], expected: int, timeout_s: float = 90)
 
 
 def launched_runs() -> int:
-    """Evaluation subprocesses this test process has running now."""
-    return sum("trainer.launch" in _cmdline(child) for child in psutil.Process().children(recursive=True))
+    """Evaluation subprocesses this test process has running now (not the spare waiting for the next run:
+    its scratch folder has no train.py yet)."""
+    return sum("trainer.launch" in _cmdline(child) and _has_script(child)
+               for child in psutil.Process().children(recursive=True))
 
 
 def _cmdline(process: psutil.Process) -> str:
@@ -74,6 +76,13 @@ def _cmdline(process: psutil.Process) -> str:
         return " ".join(process.cmdline())
     except psutil.Error:
         return ""
+
+
+def _has_script(process: psutil.Process) -> bool:
+    try:
+        return (Path(process.cwd()) / "train.py").exists()
+    except psutil.Error:
+        return False
 
 
 def read_pids(pid_file: Path, timeout_s: float = 60) -> list[int]:

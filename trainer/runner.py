@@ -1,7 +1,7 @@
 """The sandboxed runner: one variant, one subprocess in its own process group and scratch folder.
 
-The child is `python -m trainer.launch train.py`; it reads its spec from stdin and reports
-through an inherited pipe. The runner enforces the deadline and the memory limit, kills
+The child is `python -m trainer.launch train.py` (started ahead of time when the caller keeps
+spares, trainer/spares.py); it reads its spec from stdin and reports through an inherited pipe. The runner enforces the deadline and the memory limit, kills
 the whole group when either is crossed, and turns what it saw into an EvalResult.
 """
 from __future__ import annotations
@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -26,7 +24,8 @@ from trainer.compat import printed_metrics, uses_runtime
 from trainer.datasets import default_cache_dir, prepare
 from trainer.errors import UserError
 from trainer.result import CurvePoint, EvalResult, Status
-from trainer.sandbox import group_rss_mb, kill_group, limit_address_space, scrubbed_env
+from trainer.sandbox import group_rss_mb, kill_group, launch_command, limit_address_space, start_child
+from trainer.spares import Spares
 from trainer.spec import DEFAULT_PROBES, PROFILES, RunSpec
 
 _SMOKE_EVAL_TOKENS = 1024
@@ -34,6 +33,7 @@ _SMOKE_EVAL_TOKENS = 1024
 EventHandler = Callable[[dict], bool]  # returns True to stop the run early (status pruned)
 
 _POLL_SECONDS = 0.2
+_EXIT_GRACE_SECONDS = 1.0  # after the result event, for the log's last lines before the group is killed
 _LOG_TAIL_LINES = 40
 _LOG_TAIL_CHARS = 4000
 _ADDRESS_SPACE_HEADROOM_MB = 1024  # torch maps ~0.6 GB of virtual memory it never touches
@@ -101,6 +101,7 @@ class _Watch:
     killed_for: Status | None = None
     kill_message: str = ""
     peak_rss_mb: float = 0.0
+    final_at: float | None = None  # when the result (or error) event arrived
 
 
 def run_variant(
@@ -113,43 +114,48 @@ def run_variant(
     on_event: EventHandler | None = None,
     support: Mapping[str, str] | None = None,
     stop: threading.Event | None = None,
+    spares: Spares | None = None,
 ) -> EvalResult:
     """Evaluate one train.py source under the trusted runtime.
 
     A script that does not import trainer.runtime runs in compatibility mode: as it is,
     with `support` files (its prepare.py, say) beside it, scored by its printed val_bpb.
-    Setting `stop` (from another thread) kills the run; its status is then pruned.
+    Setting `stop` (from another thread) kills the run; its status is then pruned. With
+    `spares`, the run takes a waiting interpreter and leaves one for the next run.
     """
     memory_mb = memory_mb or default_memory_mb()
     compat = not uses_runtime(source)
-    scratch = Path(tempfile.mkdtemp(prefix="evotrain-"))
+    started = time.perf_counter()
+    child = spares.take(spec.device, spec.threads) if spares and not compat else None
+    if child is None:
+        command = [sys.executable, "train.py"] if compat else launch_command(spec.device)
+        child = start_child(command, spec.threads, default_cache_dir() / "compile", keep_home=compat,
+                            files={**(support or {}), "train.py": source} if compat else None,
+                            log_path=log_path if compat else None)
     try:
-        for name, text in ((support or {}).items() if compat else ()):
-            (scratch / name).write_text(text)
-        (scratch / "train.py").write_text(source)
-        log_path = log_path or scratch / "log.txt"
-        read_end, write_end = os.pipe()
-        command = [sys.executable, "train.py"] if compat else [sys.executable, "-m", "trainer.launch", "train.py"]
-        env = scrubbed_env(scratch, spec.threads, default_cache_dir() / "compile", keep_home=compat)
-        started = time.perf_counter()
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(command, cwd=scratch, env=env, stdin=subprocess.PIPE, stdout=log,
-                                       stderr=subprocess.STDOUT, pass_fds=(write_end,), start_new_session=True)
-        os.close(write_end)
+        if spares and not compat:
+            spares.replenish(spec.device, spec.threads)  # for the next run, while this one trains
         if spec.device == "cpu":
-            limit_address_space(process.pid, memory_mb + _ADDRESS_SPACE_HEADROOM_MB)
+            limit_address_space(child.process.pid, memory_mb + _ADDRESS_SPACE_HEADROOM_MB)
+        if not compat:
+            (child.scratch / "train.py").write_text(source)
+            if log_path is not None:
+                log_path.write_bytes(b"")  # the child appends to it: a bad path fails here, in the caller
         try:
-            process.stdin.write(b"" if compat else spec.with_channel(write_end).to_json().encode())
-            process.stdin.close()
+            child.process.stdin.write(b"" if compat else spec.for_child(
+                child.write_end, str(log_path.resolve()) if log_path else "").to_json().encode())
+            child.process.stdin.close()
         except BrokenPipeError:
             pass  # the child died at start-up; its log and exit code say why
-        watch = _supervise(process, read_end, timeout_s, memory_mb, on_event, stop)
+        watch = _supervise(child.process, child.claim_channel(), timeout_s, memory_mb, on_event, stop)
         wall = time.perf_counter() - started
+        log_tail = _tail(log_path) if log_path else ""
+        log_tail = log_tail or _tail(child.log_path)  # a child that died before its spec wrote only there
         if compat:
-            return _compat_result(spec, watch, process.returncode, wall, _tail(log_path))
-        return _result(spec, watch, process.returncode, wall, _tail(log_path))
+            return _compat_result(spec, watch, child.process.returncode, wall, log_tail)
+        return _result(spec, watch, child.process.returncode, wall, log_tail)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        child.discard()
 
 
 def _supervise(process: subprocess.Popen, read_end: int, timeout_s: float, memory_mb: int,
@@ -165,6 +171,8 @@ def _supervise(process: subprocess.Popen, read_end: int, timeout_s: float, memor
                 except json.JSONDecodeError:
                     continue
                 watch.events.append(event)
+                if event.get("event") in ("result", "error") and watch.final_at is None:
+                    watch.final_at = time.perf_counter()
                 if on_event is not None and on_event(event):
                     stop_requested.set()
 
@@ -184,7 +192,12 @@ def _supervise(process: subprocess.Popen, read_end: int, timeout_s: float, memor
                 watch.killed_for, watch.kill_message = Status.PRUNED, "stopped by the search"
             if watch.killed_for is not None:
                 break
-            time.sleep(_POLL_SECONDS)
+            if watch.final_at is not None and time.perf_counter() - watch.final_at > _EXIT_GRACE_SECONDS:
+                break  # the score is in: what the script does after finish() is not worth waiting for
+            try:
+                process.wait(_POLL_SECONDS)
+            except subprocess.TimeoutExpired:
+                pass
     finally:  # also when the runner itself is interrupted (Ctrl-C, a cancelled Ray task)
         kill_group(process)  # nothing the variant started outlives it
         process.wait()

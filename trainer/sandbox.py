@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -82,3 +87,61 @@ def kill_group(process: subprocess.Popen) -> None:
             child.kill()
         except psutil.Error:
             continue
+
+
+START_LOG = "log.txt"  # in the scratch folder: a child's output until its run names another log
+
+
+@dataclass
+class Child:
+    """One sandboxed interpreter: its process group, scratch folder, log and result channel."""
+
+    process: subprocess.Popen
+    scratch: Path
+    log_path: Path  # where its stdout and stderr go
+    read_end: int   # the runner's side of the result channel
+    write_end: int  # the channel's descriptor number inside the child (already closed here)
+
+    def claim_channel(self) -> int:
+        """The read end, now owned (and closed) by the caller's reader."""
+        fd, self.read_end = self.read_end, -1
+        return fd
+
+    def discard(self) -> None:
+        """Kill it (if it still runs) and remove everything it left."""
+        kill_group(self.process)
+        self.process.wait()
+        if self.process.stdin:
+            self.process.stdin.close()
+        if self.read_end >= 0:
+            os.close(self.read_end)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def launch_command(device: str) -> list[str]:
+    """The trusted entry point; it sets up `device` (imports, CUDA context) while it waits for its spec."""
+    return [sys.executable, "-m", "trainer.launch", "train.py", device]
+
+
+def start_child(command: list[str], threads: int, compile_cache: Path | None, keep_home: bool = False,
+                files: Mapping[str, str] | None = None, log_path: Path | None = None) -> Child:
+    """Start `command` in a fresh scratch folder holding `files`, in its own process group, with a
+    scrubbed environment, stdout and stderr to `log_path` (default: the folder's START_LOG) and a
+    pipe for results."""
+    scratch = Path(tempfile.mkdtemp(prefix="evotrain-"))
+    log_path = log_path or scratch / START_LOG
+    for name, text in (files or {}).items():
+        (scratch / name).write_text(text)
+    env = scrubbed_env(scratch, threads, compile_cache, keep_home=keep_home)
+    read_end, write_end = os.pipe()
+    try:
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(command, cwd=scratch, env=env, stdin=subprocess.PIPE, stdout=log,
+                                       stderr=subprocess.STDOUT, pass_fds=(write_end,), start_new_session=True)
+    except BaseException:
+        os.close(read_end)
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    finally:
+        os.close(write_end)
+    return Child(process, scratch, log_path, read_end, write_end)

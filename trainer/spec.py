@@ -44,14 +44,15 @@ class RunSpec:
     profile: DeviceProfile = field(default_factory=lambda: PROFILES["cpu"])
     probes: tuple[float, ...] = DEFAULT_PROBES
     channel_fd: int = -1            # where results go; -1 prints them (standalone `python train.py`)
+    log_path: str = ""              # where the child's output goes once it has the spec; "" keeps its start-up log
 
     @classmethod
     def for_device(cls, device: str, **kwargs) -> RunSpec:
         kind = device.split(":")[0]
         return cls(device=device, profile=PROFILES[kind], **kwargs)
 
-    def with_channel(self, fd: int) -> RunSpec:
-        return replace(self, channel_fd=fd)
+    def for_child(self, channel_fd: int, log_path: str = "") -> RunSpec:
+        return replace(self, channel_fd=channel_fd, log_path=log_path)
 
     def to_json(self) -> str:
         data = asdict(self)
