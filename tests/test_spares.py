@@ -12,6 +12,7 @@ import psutil
 from tests.conftest import tiny_script
 from trainer.result import Status
 from trainer.runner import run_variant
+from trainer.sandbox import START_LOG
 from trainer.spares import Spares
 
 SAYS_WHERE_IT_RUNS = "import os\nprint('pid', os.getpid(), 'cwd', os.getcwd(), flush=True)\n" + tiny_script()
@@ -107,3 +108,16 @@ def test_the_run_returns_when_the_score_is_in_not_when_the_script_exits(make_spe
     result = run_variant(lingering, make_spec("4k"), timeout_s=120)
     assert result.status is Status.OK, result.message + result.log_tail
     assert result.wall_seconds < 20
+
+
+def test_what_a_spare_printed_while_it_waited_comes_first_in_the_runs_log(make_spec, tmp_path):
+    spec = make_spec("4k")
+    with Spares() as spares:
+        spares.replenish(spec.device, spec.threads)
+        (pid,) = waiting_interpreters()
+        # stands in for what an interpreter may print at start-up (an import warning, say)
+        with open(os.path.join(psutil.Process(pid).cwd(), START_LOG), "ab") as log:
+            log.write(b"said while waiting\n")
+        result = run_variant(tiny_script(), spec, timeout_s=120, spares=spares, log_path=tmp_path / "run.log")
+    assert result.status is Status.OK, result.message + result.log_tail
+    assert (tmp_path / "run.log").read_text().startswith("said while waiting\n")

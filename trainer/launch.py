@@ -51,9 +51,12 @@ def _move_output(log_path: str) -> None:
     """From now on stdout and stderr go to the run's log, after what this process printed so far."""
     sys.stdout.flush()
     sys.stderr.flush()
+    from trainer.sandbox import START_LOG  # in the working directory: the runner started us with it
+
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
-    with open("/proc/self/fd/1", "rb") as so_far:  # the start-up log, read from its beginning
-        os.write(fd, so_far.read())
+    if os.path.exists(START_LOG):
+        with open(START_LOG, "rb") as so_far:
+            os.write(fd, so_far.read())
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
