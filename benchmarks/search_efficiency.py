@@ -56,9 +56,10 @@ class Measurements:
     With a `ledger` file, every batch of finished runs is appended to it and read back on the
     next start, so an interrupted real comparison (hours of runs) resumes where it stopped."""
 
-    def __init__(self, problem: Problem, seeds: int, ledger: Path | None = None, batch: int = 0) -> None:
+    def __init__(self, problem: Problem, seeds: int, ledger: Path | None = None, batch: int = 0,
+                 offline: bool = False) -> None:
         self.problem, self.seeds = problem, [TEST_SEEDS_FROM + i for i in range(seeds)]
-        self.ledger, self.batch = ledger, batch
+        self.ledger, self.batch, self.offline = ledger, batch, offline  # offline: report the ledger, run nothing
         self._scores: dict[tuple[str, int], float | None] = {}
         if ledger and ledger.exists():
             for line in ledger.read_text().splitlines():
@@ -67,7 +68,7 @@ class Measurements:
 
     def run(self, sources: list[str]) -> None:
         jobs = [Job(source, self.problem.budget, seed, "test") for source in dict.fromkeys(sources)
-                for seed in self.seeds if (source, seed) not in self._scores]
+                for seed in self.seeds if (source, seed) not in self._scores and not self.offline]
         size = self.batch or len(jobs) or 1
         for start in range(0, len(jobs), size):
             batch = jobs[start:start + size]
@@ -76,6 +77,9 @@ class Measurements:
                 if self.ledger:
                     with open(self.ledger, "a") as f:
                         f.write(json.dumps({"source": job.source, "seed": job.seed, "val_bpb": value}) + "\n")
+
+    def has_run(self, source: str) -> bool:
+        return all((source, seed) in self._scores for seed in self.seeds)
 
     def scores(self, source: str) -> dict[int, float]:
         return {seed: self._scores[source, seed] for seed in self.seeds
@@ -88,16 +92,19 @@ class Measurements:
 def measured_row(outcome: Outcome, measurements: Measurements, baseline: str, false_keeps: bool = True) -> dict:
     """The outcome against the baseline on fresh seeds; with `false_keeps`, also each leave-one-out
     (for the real task the costly part: one more variant per kept change)."""
-    measurements.run([baseline, outcome.source, *(s for s in outcome.kept.values() if s and false_keeps)])
+    leave_one_out = [s for s in outcome.kept.values() if s and false_keeps]
+    measurements.run([baseline, outcome.source, *leave_one_out])
     test = measurements.delta(outcome.source, baseline) if outcome.source != baseline else None
+    measured = false_keeps and all(measurements.has_run(s) for s in leave_one_out)  # offline: maybe not yet
     hurting = [name for name, without in outcome.kept.items()
-               if false_keeps and without and (d := measurements.delta(outcome.source, without)) and d.mean > 0]
+               if measured and without and (d := measurements.delta(outcome.source, without)) and d.mean > 0]
     return {
         "strategy": outcome.strategy, "compute_tokens": outcome.tokens, "evaluations": outcome.evaluations,
         "test_delta": test.mean if test else 0.0, "ci_low": test.ci_low if test else 0.0,
         "ci_high": test.ci_high if test else 0.0, "test_n": test.n if test else 0,
         "kept": len(outcome.kept), "kept_changes": " ".join(outcome.kept),
-        "false_keeps": len(hurting) if false_keeps else "", "false_kept": " ".join(hurting),
+        "false_keeps": len(hurting) if measured else "",
+        "false_kept": " ".join(hurting) if measured or not false_keeps else "(not all runs finished)",
     }
 
 
@@ -226,14 +233,20 @@ def run_real(args: argparse.Namespace) -> list[dict]:
     for name in args.strategies.split(","):
         strategy = strategies.COMPARED[name]
         path = saved / f"{name}.json"
+        if not path.exists() and args.from_ledger:
+            continue
         if not path.exists():
             path.write_text(json.dumps(asdict(strategy(problem, tokens, args.seed))))
         outcomes.append(Outcome(**json.loads(path.read_text())))
         print(f"{name}: {outcomes[-1].evaluations} runs, kept {list(outcomes[-1].kept)} "
               f"({time.perf_counter() - started:.0f}s)", file=sys.stderr, flush=True)
     # batches of two rounds of the workers: each batch is saved before the next starts
-    measurements = Measurements(problem, args.test_seeds, saved / "test_runs.jsonl", batch=2 * args.workers)
+    measurements = Measurements(problem, args.test_seeds, saved / "test_runs.jsonl", batch=2 * args.workers,
+                                offline=args.from_ledger)
     measurements.run([problem.baseline, *(outcome.source for outcome in outcomes)])  # test deltas before false keeps
+    if not args.no_false_keeps:
+        for outcome in sorted(outcomes, key=lambda o: len(o.kept)):  # the fewest leave-one-out runs first
+            measurements.run([source for source in outcome.kept.values() if source])
     rows = []
     for outcome in outcomes:
         rows.append(measured_row(outcome, measurements, problem.baseline, not args.no_false_keeps))
@@ -337,6 +350,8 @@ def main() -> None:
     real.add_argument("--seed", type=int, default=0, help="seed of the greedy, random and optuna strategies")
     real.add_argument("--test-seeds", type=int, default=3)
     real.add_argument("--strategies", default="greedy,random,optuna", help="which to compare with evolve")
+    real.add_argument("--from-ledger", action="store_true", help="run nothing: report the finished strategies and "
+                      "held-out runs (false keeps only where all of a strategy's leave-one-out runs finished)")
     real.add_argument("--no-false-keeps", action="store_true", help="skip the leave-one-out runs of every kept "
                       "change (the costly part with big kept stacks)")
     syn = tasks.add_parser("synthetic", help="the synthetic task with known ground truth")

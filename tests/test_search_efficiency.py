@@ -100,6 +100,14 @@ def test_held_out_runs_are_saved_as_they_finish_and_never_rerun_after_a_restart(
     restarted.run([problem.baseline, variant])
     assert restarted.delta(variant, problem.baseline).mean == first.delta(variant, problem.baseline).mean
 
+    # reporting from the ledger alone: a leave-one-out that never ran is shown as not measured, not as 0
+    offline = search_efficiency.Measurements(restarted.problem, seeds=3, ledger=ledger, offline=True)
+    unmeasured = synthetic.switch_on(variant, "feature_05")
+    outcome = strategies.Outcome("greedy", unmeasured, {"feature_05": variant,
+                                                        "feature_03": synthetic.switch_on(problem.baseline, "feature_05")})
+    row = search_efficiency.measured_row(outcome, offline, problem.baseline)
+    assert row["false_keeps"] == "" and row["false_kept"] == "(not all runs finished)" and row["test_n"] == 0
+
 
 def test_evolve_on_the_synthetic_task_finds_good_moves_and_keeps_no_harmful_one(task, tmp_path):
     outcome = search_efficiency.synthetic_evolve(task, children=24, seed=0, work=tmp_path)
