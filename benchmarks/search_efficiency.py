@@ -186,12 +186,14 @@ def real_problem(budget: str, workers: int) -> Problem:
     from mutations.catalog import MOVES
     from trainer.baselines import BASELINE
     from trainer.runner import build_spec, default_timeout, run_variant
+    from trainer.spares import Spares
 
     cores = os.cpu_count() or 1
+    spares = Spares()  # as in the search: the next run's interpreter starts while this one trains
 
     def run_one(job: Job, threads: int) -> float | None:
         spec = build_spec(job.budget, seed=job.seed, device="cpu", split=job.split, threads=threads)
-        result = run_variant(job.source, spec, timeout_s=default_timeout(spec.budget))
+        result = run_variant(job.source, spec, timeout_s=default_timeout(spec.budget), spares=spares)
         return result.val_bpb if result.status.is_ok() else None
 
     def run_jobs(jobs: list[Job]) -> list[float | None]:
