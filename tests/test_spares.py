@@ -121,3 +121,14 @@ def test_what_a_spare_printed_while_it_waited_comes_first_in_the_runs_log(make_s
         result = run_variant(tiny_script(), spec, timeout_s=120, spares=spares, log_path=tmp_path / "run.log")
     assert result.status is Status.OK, result.message + result.log_tail
     assert (tmp_path / "run.log").read_text().startswith("said while waiting\n")
+
+
+def test_a_spare_that_cannot_start_does_not_fail_the_run(make_spec, monkeypatch):
+    def no_processes_left(*args, **kwargs):
+        raise OSError(11, "Resource temporarily unavailable")
+
+    spec = make_spec("4k")
+    with Spares() as spares:
+        monkeypatch.setattr("trainer.spares.start_child", no_processes_left)
+        result = run_variant(tiny_script(), spec, timeout_s=120, spares=spares)
+    assert result.status is Status.OK, result.message + result.log_tail

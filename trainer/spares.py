@@ -42,8 +42,11 @@ class Spares:
         with self._lock:
             if self._closed or (device, threads) in self._idle:
                 return
-            self._idle[device, threads] = start_child(launch_command(device), threads,
-                                                      default_cache_dir() / "compile")
+            try:
+                self._idle[device, threads] = start_child(launch_command(device), threads,
+                                                          default_cache_dir() / "compile")
+            except OSError:
+                pass  # only a head start is lost; the next run starts its own process and reports what fails
 
     def close(self) -> None:
         with self._lock:
