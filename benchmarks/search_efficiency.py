@@ -270,12 +270,14 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
-def real_markdown(rows: list[dict], command: str) -> str:
+def real_markdown(rows: list[dict], command: str, partial: bool = False) -> str:
     lines = ["# Search efficiency on the real task (the CPU baseline and the catalog)", "",
              f"Command: `{command}` ({datetime.now(timezone.utc):%Y-%m-%d}, {os.cpu_count()} CPU cores). Test delta = "
              "the strategy's result minus the baseline on the held-out test split, fresh seeds; false keeps = kept "
              "changes whose removal lowers val_bpb on those seeds. Compute is in training tokens, the budget's unit: "
-             "a kept change that makes the model bigger costs more time per token.", "",
+             "a kept change that makes the model bigger costs more time per token." + (
+                 " Reported with `--from-ledger` while the runs went on: false keeps only where all of a "
+                 "strategy's leave-one-out runs had finished." if partial else ""), "",
              "| strategy | test delta val_bpb [95% CI] | n | kept | false keeps | compute (M tokens) | runs |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -363,12 +365,12 @@ def main() -> None:
     syn.add_argument("--test-seeds", type=int, default=3)
     args = parser.parse_args()
 
-    command = "python benchmarks/search_efficiency.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/search_efficiency.py " + " ".join(a for a in sys.argv[1:] if a != "--from-ledger")
     RESULTS.mkdir(exist_ok=True)
     stem = RESULTS / f"search_efficiency_{args.task}"
     if args.task == "real":
         rows = run_real(args)
-        text = real_markdown(rows, command)
+        text = real_markdown(rows, command, partial=args.from_ledger)
     else:
         rows = run_synthetic(args)
         text = synthetic_markdown(rows, command)
