@@ -11,7 +11,7 @@
    compilation, the 3 in-run validation probes, exit), validation (leak check and val_bpb)
    and the store (writing the result to SQLite, timed here on a scratch store). Reported as
    a fraction of the budget; the target is < 3% at 60 s. The spare's imports run beside the
-   previous run's training: on a CPU they cost it some throughput, not wall time.
+   previous run's timed training: on a busy CPU they cost it some throughput, not overhead.
 2. The driver: a short `search evolve` in a subprocess, sampling the CPU time of the driver
    process alone (its evaluations are children and not counted) against its wall time.
 

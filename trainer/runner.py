@@ -134,7 +134,7 @@ def run_variant(
                             log_path=log_path if compat else None)
     try:
         if spares and not compat:
-            spares.replenish(spec.device, spec.threads)  # for the next run, while this one trains
+            on_event = _replenishing(spares, spec, on_event)
         if spec.device == "cpu":
             limit_address_space(child.process.pid, memory_mb + _ADDRESS_SPACE_HEADROOM_MB)
         if not compat:
@@ -156,6 +156,22 @@ def run_variant(
         return _result(spec, watch, child.process.returncode, wall, log_tail)
     finally:
         child.discard()
+        if spares and not compat:
+            spares.replenish(spec.device, spec.threads)  # a run that reported nothing started none
+
+
+def _replenishing(spares: Spares, spec: RunSpec, on_event: EventHandler | None) -> EventHandler:
+    """`on_event` that first starts the next run's spare, at this run's first report after "start"
+    (its first step, or its end): start-up and the first step, which count as overhead, run alone."""
+    asked = threading.Event()
+
+    def handle(event: dict) -> bool:
+        if event.get("event") != "start" and not asked.is_set():
+            asked.set()
+            spares.replenish(spec.device, spec.threads)
+        return on_event is not None and bool(on_event(event))
+
+    return handle
 
 
 def _supervise(process: subprocess.Popen, read_end: int, timeout_s: float, memory_mb: int,

@@ -5,7 +5,8 @@ evaluation (4% of a 60 s budget) before its first batch; on an H200, with the CU
 and the compiler, it was 11 s. With a spare ready, 0.04 s on CPU and 0.4-0.6 s on the H200.
 `Spares` keeps one idle trusted interpreter per kind of run (device, threads) that has done
 that work and waits on stdin for its spec. `run_variant` takes it instead of starting a
-process, and starts the replacement at once, so it is ready when the slot's next run comes.
+process, and starts the replacement after the run's first step (start-up and that step count
+as overhead and run alone), so it is ready when the slot's next run comes.
 
 An idle spare has run no variant code, so isolation is unchanged: one variant, one process,
 one scratch folder. A spare that died while waiting is discarded and a fresh process started.
