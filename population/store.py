@@ -139,14 +139,17 @@ class Store:
 
     def _create_tables(self) -> None:
         """Create what is missing. Two processes opening a new store at once (a search and `search status`)
-        can both find a table missing and both create it: the loser retries and finds it there."""
-        for attempt in range(3):
+        can both find a table missing and both create it: the loser retries and finds it there. Every lost
+        race means another process created something, so a few openers at once need a few retries each
+        (3 were not enough for 4 openers on a loaded machine)."""
+        attempts = 4 * len(_metadata.tables)
+        for attempt in range(attempts):
             try:
                 _metadata.create_all(self._engine)
                 self._add_missing_columns()
                 return
             except sa.exc.OperationalError as error:
-                if "already exists" not in str(error) and "duplicate column" not in str(error) or attempt == 2:
+                if "already exists" not in str(error) and "duplicate column" not in str(error) or attempt == attempts - 1:
                     raise
 
     def _add_missing_columns(self) -> None:
