@@ -67,8 +67,10 @@ class Measurements:
                 self._scores[entry["source"], entry["seed"]] = entry["val_bpb"]
 
     def run(self, sources: list[str]) -> None:
+        if self.offline:
+            return
         jobs = [Job(source, self.problem.budget, seed, "test") for source in dict.fromkeys(sources)
-                for seed in self.seeds if (source, seed) not in self._scores and not self.offline]
+                for seed in self.seeds if (source, seed) not in self._scores]
         size = self.batch or len(jobs) or 1
         for start in range(0, len(jobs), size):
             batch = jobs[start:start + size]

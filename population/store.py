@@ -149,7 +149,8 @@ class Store:
                 self._add_missing_columns()
                 return
             except sa.exc.OperationalError as error:
-                if "already exists" not in str(error) and "duplicate column" not in str(error) or attempt == attempts - 1:
+                lost_race = "already exists" in str(error) or "duplicate column" in str(error)
+                if not lost_race or attempt == attempts - 1:
                     raise
 
     def _add_missing_columns(self) -> None:

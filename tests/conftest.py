@@ -4,6 +4,7 @@ from __future__ import annotations
 import textwrap
 from dataclasses import replace
 
+import psutil
 import pytest
 
 from trainer.runner import build_spec
@@ -41,6 +42,18 @@ def tiny_script(forward: str = "return self.head(self.emb(idx))", keep_going: st
                 loss_suffix: str = "", before_finish: str = "pass") -> str:
     return TINY_SCRIPT.format(forward=forward, keep_going=keep_going, loss_suffix=loss_suffix,
                               before_finish=before_finish)
+
+
+def launcher_processes(parent: psutil.Process | None = None) -> list[psutil.Process]:
+    """The `python -m trainer.launch` processes under `parent` (default: this test process), waiting or running."""
+    found = []
+    for child in (parent or psutil.Process()).children(recursive=True):
+        try:
+            if "trainer.launch" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
 
 
 def edited(source: str, *replacements: tuple[str, str]) -> str:

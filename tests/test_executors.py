@@ -14,7 +14,7 @@ import pytest
 
 from search import executors
 from search.executors import EvalJob, LocalExecutor, RayExecutor, Slot, local_slots
-from tests.conftest import tiny_script
+from tests.conftest import launcher_processes, tiny_script
 from trainer.errors import UserError
 from trainer.result import Status
 from trainer.runner import smoke_spec
@@ -67,15 +67,7 @@ def drive(executor, queued: list[EvalJob], expected: int, timeout_s: float = 90)
 def launched_runs() -> int:
     """Evaluation subprocesses this test process has running now (not the spare waiting for the next run:
     its scratch folder has no train.py yet)."""
-    return sum("trainer.launch" in _cmdline(child) and _has_script(child)
-               for child in psutil.Process().children(recursive=True))
-
-
-def _cmdline(process: psutil.Process) -> str:
-    try:
-        return " ".join(process.cmdline())
-    except psutil.Error:
-        return ""
+    return sum(_has_script(child) for child in launcher_processes())
 
 
 def _has_script(process: psutil.Process) -> bool:

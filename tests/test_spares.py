@@ -9,7 +9,7 @@ import time
 
 import psutil
 
-from tests.conftest import tiny_script
+from tests.conftest import launcher_processes, tiny_script
 from trainer.result import Status
 from trainer.runner import run_variant
 from trainer.sandbox import START_LOG
@@ -19,15 +19,7 @@ SAYS_WHERE_IT_RUNS = "import os\nprint('pid', os.getpid(), 'cwd', os.getcwd(), f
 
 
 def waiting_interpreters(parent: psutil.Process | None = None) -> set[int]:
-    parent = parent or psutil.Process()
-    found = set()
-    for child in parent.children(recursive=True):
-        try:
-            if "trainer.launch" in " ".join(child.cmdline()):
-                found.add(child.pid)
-        except psutil.Error:
-            continue
-    return found
+    return {process.pid for process in launcher_processes(parent)}
 
 
 def where_it_ran(result) -> tuple[int, str]:
@@ -67,8 +59,10 @@ def test_a_spare_that_died_while_waiting_is_replaced_by_a_fresh_process(make_spe
     spec = make_spec("4k")
     with Spares() as spares:
         spares.replenish(spec.device, spec.threads)
-        for pid in waiting_interpreters():
-            psutil.Process(pid).kill()
+        spare = [psutil.Process(pid) for pid in waiting_interpreters()]
+        for process in spare:
+            process.kill()
+        psutil.wait_procs(spare, timeout=30)  # dead before the run asks for it (a kill takes effect later)
         result = run_variant(tiny_script(), spec, timeout_s=120, spares=spares)
     assert result.status is Status.OK, result.message + result.log_tail
 
@@ -129,6 +123,6 @@ def test_a_spare_that_cannot_start_does_not_fail_the_run(make_spec, monkeypatch)
 
     spec = make_spec("4k")
     with Spares() as spares:
-        monkeypatch.setattr("trainer.spares.start_child", no_processes_left)
+        monkeypatch.setattr("trainer.spares.start_launcher", no_processes_left)
         result = run_variant(tiny_script(), spec, timeout_s=120, spares=spares)
     assert result.status is Status.OK, result.message + result.log_tail

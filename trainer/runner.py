@@ -1,8 +1,9 @@
 """The sandboxed runner: one variant, one subprocess in its own process group and scratch folder.
 
 The child is `python -m trainer.launch train.py` (started ahead of time when the caller keeps
-spares, trainer/spares.py); it reads its spec from stdin and reports through an inherited pipe. The runner enforces the deadline and the memory limit, kills
-the whole group when either is crossed, and turns what it saw into an EvalResult.
+spares, trainer/spares.py); it reads its spec from stdin and reports through an inherited
+pipe. The runner enforces the deadline and the memory limit, kills the whole group when
+either is crossed, and turns what it saw into an EvalResult.
 """
 from __future__ import annotations
 
@@ -21,10 +22,10 @@ import psutil
 
 from trainer.budget import Budget, BudgetUnit
 from trainer.compat import printed_metrics, uses_runtime
-from trainer.datasets import default_cache_dir, prepare
+from trainer.datasets import prepare
 from trainer.errors import UserError
 from trainer.result import CurvePoint, EvalResult, Status
-from trainer.sandbox import group_rss_mb, kill_group, launch_command, limit_address_space, start_child
+from trainer.sandbox import group_rss_mb, kill_group, limit_address_space, start_child, start_launcher
 from trainer.spares import Spares
 from trainer.spec import DEFAULT_PROBES, PROFILES, RunSpec
 
@@ -125,15 +126,16 @@ def run_variant(
     """
     memory_mb = memory_mb or default_memory_mb()
     compat = not uses_runtime(source)
+    spares = None if compat else spares  # a compat script runs as itself, not under the launcher
     started = time.perf_counter()
-    child = spares.take(spec.device, spec.threads) if spares and not compat else None
-    if child is None:
-        command = [sys.executable, "train.py"] if compat else launch_command(spec.device)
-        child = start_child(command, spec.threads, default_cache_dir() / "compile", keep_home=compat,
-                            files={**(support or {}), "train.py": source} if compat else None,
-                            log_path=log_path if compat else None)
+    child = spares.take(spec.device, spec.threads) if spares else None
+    if child is None and compat:
+        child = start_child([sys.executable, "train.py"], spec.threads, keep_home=True, log_path=log_path,
+                            files={**(support or {}), "train.py": source})
+    elif child is None:
+        child = start_launcher(spec.device, spec.threads)
     try:
-        if spares and not compat:
+        if spares:
             on_event = _replenishing(spares, spec, on_event)
         if spec.device == "cpu":
             limit_address_space(child.process.pid, memory_mb + _ADDRESS_SPACE_HEADROOM_MB)
@@ -156,7 +158,7 @@ def run_variant(
         return _result(spec, watch, child.process.returncode, wall, log_tail)
     finally:
         child.discard()
-        if spares and not compat:
+        if spares:
             spares.replenish(spec.device, spec.threads)  # a run that reported nothing started none
 
 

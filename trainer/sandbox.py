@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 
 import trainer
+from trainer.datasets import default_cache_dir
 
 # Only these variables reach a variant; everything else (API keys, cloud credentials,
 # the data cache location) stays with the driver.
@@ -118,13 +119,14 @@ class Child:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def launch_command(device: str) -> list[str]:
-    """The trusted entry point; it sets up `device` (imports, CUDA context) while it waits for its spec."""
-    return [sys.executable, "-m", "trainer.launch", "train.py", device]
+def start_launcher(device: str, threads: int) -> Child:
+    """The trusted entry point, trainer.launch: it sets up `device` (imports, CUDA context), then waits
+    for its spec; train.py is written into its scratch folder before the spec is sent."""
+    return start_child([sys.executable, "-m", "trainer.launch", "train.py", device], threads)
 
 
-def start_child(command: list[str], threads: int, compile_cache: Path | None, keep_home: bool = False,
-                files: Mapping[str, str] | None = None, log_path: Path | None = None) -> Child:
+def start_child(command: list[str], threads: int, keep_home: bool = False, files: Mapping[str, str] | None = None,
+                log_path: Path | None = None) -> Child:
     """Start `command` in a fresh scratch folder holding `files`, in its own process group, with a
     scrubbed environment, stdout and stderr to `log_path` (default: the folder's START_LOG) and a
     pipe for results."""
@@ -132,7 +134,7 @@ def start_child(command: list[str], threads: int, compile_cache: Path | None, ke
     log_path = log_path or scratch / START_LOG
     for name, text in (files or {}).items():
         (scratch / name).write_text(text)
-    env = scrubbed_env(scratch, threads, compile_cache, keep_home=keep_home)
+    env = scrubbed_env(scratch, threads, default_cache_dir() / "compile", keep_home=keep_home)
     read_end, write_end = os.pipe()
     try:
         with open(log_path, "wb") as log:

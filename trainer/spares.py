@@ -16,8 +16,7 @@ from __future__ import annotations
 import atexit
 import threading
 
-from trainer.datasets import default_cache_dir
-from trainer.sandbox import Child, launch_command, start_child
+from trainer.sandbox import Child, start_launcher
 
 
 class Spares:
@@ -44,8 +43,7 @@ class Spares:
             if self._closed or (device, threads) in self._idle:
                 return
             try:
-                self._idle[device, threads] = start_child(launch_command(device), threads,
-                                                          default_cache_dir() / "compile")
+                self._idle[device, threads] = start_launcher(device, threads)
             except OSError:
                 pass  # only a head start is lost; the next run starts its own process and reports what fails
 
