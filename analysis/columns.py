@@ -95,13 +95,18 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
         "atom": "the atom's name: MUTATION#VARIANT (the accepted variant whose own change it is)",
         "description": "what the change does",
         "bundled": "True when it could not be separated from its ancestors' changes",
-        "estimate": "its paired delta against its parent when it was accepted (the search's estimate)",
+        "estimate": "the search's own estimate of what it does in the stack: its paired delta against its parent "
+                    "when accepted (asha, greedy), the model's leave-one-out (additive); NaN when none",
         "alone": "variant id of the baseline plus this atom only",
         "without": "variant id of the stack without this atom",
         **_paired("add_one", "alone - baseline"),
         **_paired("leave_one_out", "stack - without"),
         **_paired("interaction", "(stack - without) - (alone - baseline)",
                   "mean per-seed difference (negative: the atom gains more inside the stack than alone)"),
+        "model_add_one": "the additive model's estimate of alone - baseline (NaN for other strategies)",
+        "model_leave_one_out": "the additive model's estimate of stack - without",
+        "model_leave_one_out_sd": "its posterior sd",
+        "model_p_helps": "the model's probability that the atom helps inside the stack",
     }),
     "fidelity": ("One row per pair of consecutive rungs: do low rungs rank variants like higher ones? Each "
                  "variant's mean over a rung's seeds, for the variants that finished every seed of both.", {

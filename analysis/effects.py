@@ -16,7 +16,7 @@ import pandas as pd
 
 from analysis.tables import Scores, frame
 from population.stats import Paired, mean_ci, paired, rank_correlation
-from search.ladder import Ladder
+from population.ladder import Ladder
 
 _EMPTY = {"mean": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0}
 
@@ -29,14 +29,23 @@ def ablation(members: list[dict], scores: Scores, ladder: Ladder, baseline: str,
     for member in members:
         alone = scores.get(member["alone"], top.label)
         without = scores.get(member["without"], top.label) if member["without"] else {}
+        model = member.get("model") or {}
         rows.append({"atom": member["atom"], "description": member.get("description", ""),
-                     "bundled": bool(member.get("bundled", False)), "estimate": member.get("estimate", math.nan),
+                     "bundled": bool(member.get("bundled", False)), "estimate": _number(member.get("estimate")),
                      "alone": member["alone"], "without": member["without"],
                      **_prefixed("add_one", _stats(paired(alone, base))),
                      **_prefixed("leave_one_out", _stats(paired(whole, without))),
-                     **_prefixed("interaction", interaction(alone, base, whole, without))})
+                     **_prefixed("interaction", interaction(alone, base, whole, without)),
+                     "model_add_one": _number((model.get("add_one") or {}).get("mean")),
+                     "model_leave_one_out": _number((model.get("leave_one_out") or {}).get("mean")),
+                     "model_leave_one_out_sd": _number((model.get("leave_one_out") or {}).get("sd")),
+                     "model_p_helps": _number(model.get("p_helps"))})
     counts = {f"{name}_n": "int64" for name in ("add_one", "leave_one_out", "interaction")}
-    return frame("ablation", rows, bundled="bool", **counts)
+    return frame("ablation", rows, bundled="bool", estimate="float64", **counts)
+
+
+def _number(value: float | None) -> float:
+    return math.nan if value is None else float(value)
 
 
 def interaction(alone: Mapping[int, float], base: Mapping[int, float], stack: Mapping[int, float],

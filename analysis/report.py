@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from analysis import plots
+from population.stats import describe_noise
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -74,8 +75,8 @@ def _header(run: Run) -> str:
         f": {s['baseline_val_bpb']:.4f} val_bpb at {s['top_budget']}" if s["baseline_val_bpb"] is not None else "")
     rows = [("run", html.escape(str(run.run_dir or run.location))), ("phase", html.escape(s["phase"])),
             ("baseline", baseline),
-            ("options", html.escape(f"budget {o.budget}, ladder {ladder} (eta {o.eta}), population {o.population}, "
-                                    f"mutator {o.mutator}, device {o.device}")),
+            ("options", html.escape(f"strategy {o.get('strategy', 'asha')}, budget {o['budget']}, ladder {ladder}, "
+                                    f"population {o['population']}, mutator {o['mutator']}, device {o['device']}")),
             ("noise", _noise(run)),
             ("work", html.escape(f"{s['variants']} variants, {s['accepted']} accepted, {s['in_population']} in the "
                                  f"population; {s['evaluations']} evaluations, "
@@ -90,8 +91,7 @@ def _header(run: Run) -> str:
 def _noise(run: Run) -> str:
     noise = run.meta.get("noise")
     if noise:
-        return html.escape(f"baseline seed sd {noise['sd']:.4g} bpb over {noise['n']} seeds at {noise['budget']} "
-                           f"(mean {noise['mean']:.4f}); every decision is read against it")
+        return html.escape(f"{describe_noise(noise)}; every decision is read against it")
     sd = run.summary()["noise_sd"]
     if sd is not None and not math.isnan(sd):
         return html.escape(f"baseline seed sd {sd:.4g} bpb at {run.ladder.top.label}")
@@ -184,7 +184,7 @@ def _ablation_table(run: Run) -> pd.DataFrame | None:
         return None
     return pd.DataFrame({
         "atom": a["atom"], "description": a["description"], "bundled": a["bundled"],
-        "estimate": a["estimate"].map(lambda v: f"{v:+.4f}"),
+        "estimate": a["estimate"].map(lambda v: "-" if math.isnan(v) else f"{v:+.4f}"),
         **{name: [_cell(*values) for values in zip(*(a[f"{prefix}_{k}"] for k in ("mean", "ci_low", "ci_high", "n")))]
            for name, prefix in (("add-one", "add_one"), ("leave-one-out", "leave_one_out"),
                                 ("interaction", "interaction"))}})

@@ -19,8 +19,8 @@ from analysis.columns import TABLES, help_text
 from analysis.tables import Scores
 from population.stats import Paired, paired, spread
 from population.store import DATABASE, Decision, Evaluation, Store, Variant
-from search.config import EvolveConfig
-from search.ladder import Ladder
+from population.ladder import Ladder
+from trainer.budget import Budget
 from trainer.errors import UserError
 
 _HOW = "give the directory of a `search evolve` run or its database URL"
@@ -89,7 +89,7 @@ class Run:
 
     Tables: evaluations, variants, lineage, decisions, ablation, fidelity, fidelity_points,
     knob_importance, cost, test (each property's help lists its columns). Also: meta (the
-    stored metadata), options (the EvolveConfig it ran with), ladder, baseline_id, stack_id,
+    stored metadata), options (the options it ran with, a dict), ladder, baseline_id, stack_id,
     result (what the combine step stored), test_result, llm_cost, llm_usage, source(id),
     stack_total() and summary(). Differences are child - reference in val_bpb: negative is better.
     """
@@ -98,16 +98,18 @@ class Run:
         self.store, self.meta, self.location, self.run_dir = store, meta, location, run_dir
 
     # ---------------------------------------------------------------- settings
-    @cached_property
-    def options(self) -> EvolveConfig:
-        """The options the search ran with (meta "options")."""
-        return EvolveConfig.from_dict(self.meta["options"])
+    @property
+    def options(self) -> dict:
+        """The options the search ran with (meta "options": search/config.py's EvolveConfig as a dict)."""
+        return self.meta["options"]
 
     @cached_property
     def ladder(self) -> Ladder:
-        """The fidelity ladder the options define: rung budgets and seeds."""
+        """The rung budgets and seeds the search used (meta "ladder"; for runs stored before it, the options')."""
+        if "ladder" in self.meta:
+            return Ladder.from_dict(self.meta["ladder"])
         o = self.options
-        return Ladder.build(o.top_budget, o.fractions, o.seeds, o.eta, o.seed)
+        return Ladder.build(Budget.parse(o["budget"]), tuple(o["fractions"]), tuple(o["seeds"]), o["eta"], o["seed"])
 
     @property
     def baseline_id(self) -> str:

@@ -15,12 +15,13 @@ import pandas as pd
 from analysis.columns import COLUMNS
 from population.stats import Paired, paired
 from population.store import Decision, Evaluation, Variant
-from search.ladder import Ladder
+from population.ladder import SMOKE_BUDGET as SMOKE
+from population.ladder import Ladder
 from trainer.budget import Budget
 from trainer.errors import UserError
 from trainer.result import EvalResult, Status
 
-SMOKE_BUDGET = "1tok"  # the budget of smoke runs (search.evaluator.SMOKE_BUDGET, not imported: it runs evaluations)
+SMOKE_BUDGET = str(SMOKE)
 _MEMBERSHIP = ("accepted", "retired", "dropped")
 _FLOATS = ("training_seconds", "wall_seconds", "overhead_seconds", "tokens_per_second", "peak_memory_mb")
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from mutations.diff import structural_diff
 from mutations.knobs import extract_knobs
-from mutations.sources._base import MutationSource, NoProposal, Proposal, ProposalRequest
+from mutations.sources._base import Expectation, MutationSource, NoProposal, Proposal, ProposalRequest
 from search.executors import EvalJob, Executor, Running, Slot
 from trainer.budget import Budget
 from trainer.result import EvalResult, Status
@@ -63,6 +63,7 @@ class SyntheticTask:
     noise: float                        # sd of the per-variant noise at the full budget
     seed_noise: float = 0.01            # sd of the per-seed component shared by every variant
     base: float = 3.667
+    task: int = 0                       # which task: every draw of noise depends on it, so tasks are independent
 
     @property
     def features(self) -> int:
@@ -82,8 +83,8 @@ class SyntheticTask:
 
     def observed(self, source: str, fraction: float, seed: int, split: str) -> float:
         on, knobs = phenotype(source)
-        shared = _normal(("seed", seed, round(fraction, 4), split)) * self.seed_noise
-        own = _normal(("own", sorted(on), sorted(knobs.items()), seed, round(fraction, 4), split)) * self.noise
+        shared = _normal(("seed", self.task, seed, round(fraction, 4), split)) * self.seed_noise
+        own = _normal(("own", self.task, sorted(on), sorted(knobs.items()), seed, round(fraction, 4), split)) * self.noise
         return self.score(on, knobs, fraction) + (shared + own) / math.sqrt(fraction)
 
     def best_features(self) -> frozenset[int]:
@@ -125,7 +126,7 @@ def make_task(seed: int = 0, features: int = 16, noise: float = 0.006) -> Synthe
     for slot, (effect, bias) in zip(order, roles):
         effects[slot], horizon[slot] = effect, bias
     pair = (order[0], order[2])  # the best feature and a smaller good one overlap
-    return SyntheticTask(tuple(effects), tuple(horizon), pair, 0.6 * abs(good[2]), noise)
+    return SyntheticTask(tuple(effects), tuple(horizon), pair, 0.6 * abs(good[2]), noise, task=seed)
 
 
 def standin_source(task: SyntheticTask) -> str:
@@ -168,31 +169,41 @@ def _normal(key: tuple) -> float:
 
 
 class SyntheticSource(MutationSource):
-    """The catalog's behaviour on the stand-in: a feature not yet on and not yet tried, at random."""
+    """The catalog's behaviour on the stand-in: a feature not yet on and not yet tried, at random. With
+    `guess_sd`, each proposal states an expected effect: the truth plus that much noise (an LLM's guess)."""
 
     name = "synthetic"
+    exhaustive = True
 
-    def __init__(self, task: SyntheticTask, seed: int = 0) -> None:
-        self.task, self._random = task, random.Random(seed)
+    def __init__(self, task: SyntheticTask, seed: int = 0, guess_sd: float | None = None) -> None:
+        self.task, self._random, self.guess_sd = task, random.Random(seed), guess_sd
 
     def propose(self, request: ProposalRequest) -> Proposal:
         order = [f"feature_{i:02d}" for i in range(self.task.features)]
         self._random.shuffle(order)
         for feature in order:
+            if f"synthetic:{feature}" in request.exclude:
+                continue
             try:
                 changed = switch_on(request.parent_source, feature)
             except ValueError:
                 continue
             mutation = structural_diff(request.parent_source, changed, name=f"synthetic:{feature}")
             if mutation.key not in request.tried:
-                return Proposal(mutation, rationale=f"switch {feature} on")
+                return Proposal(mutation, rationale=f"switch {feature} on", expectation=self._guess(feature))
         raise NoProposal("every feature is on or has been tried on this parent")
+
+    def _guess(self, feature: str) -> Expectation | None:
+        if self.guess_sd is None:
+            return None
+        truth = self.task.effects[int(feature.split("_")[1])]
+        return Expectation(truth + _normal(("guess", self.task.task, feature)) * self.guess_sd, self.guess_sd)
 
 
 @dataclass
 class SyntheticExecutor(Executor):
-    """Scores each job from the hidden function as soon as it is submitted (compute is read back
-    from the store, as for a real run)."""
+    """Scores each job from the hidden function when it is submitted; the job holds its slot until the driver
+    collects it (wait), so the driver sees real free slots and proposes only as results come back."""
 
     task: SyntheticTask
     full_budget: str = FULL_BUDGET
@@ -204,7 +215,7 @@ class SyntheticExecutor(Executor):
         self._full = Budget.parse(self.full_budget).amount
 
     def free_slots(self) -> int:
-        return len(self.slots)
+        return len(self.slots) - len(self._done)
 
     def submit(self, job: EvalJob) -> None:
         budget = job.spec.budget

@@ -15,7 +15,8 @@ from enum import Enum
 
 import libcst as cst
 
-from mutations.units import FOOTER, MODULE, START, Unit, as_statements, class_members, module_units, parse_statements
+from mutations.units import (FOOTER, MODULE, START, Unit, as_statements, class_members, module_units, parse_module,
+                             parse_statements)
 
 
 class Action(str, Enum):
@@ -143,7 +144,7 @@ def apply_mutation(source: str, mutation: Mutation) -> str:
     if not mutation.edits:
         raise ApplyError("noop", "the mutation has no edits")
     try:
-        module = cst.parse_module(source)
+        module = parse_module(source)
     except cst.ParserSyntaxError as error:
         raise ApplyError("syntax", f"the base does not parse: {error.message}") from None
     top = [e for e in mutation.edits if not _is_member(e.target)]

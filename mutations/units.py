@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 
 import libcst as cst
 import libcst.matchers as m
@@ -87,6 +88,12 @@ def _sequence_units(module: cst.Module, statements: list[Statement], prefix: str
 
 def module_units(module: cst.Module) -> list[Unit]:
     """Top-level units in order: `<module>`, one per statement, `<footer>` (both may be empty)."""
+    return list(_module_units(module))
+
+
+@lru_cache(maxsize=64)
+def _module_units(module: cst.Module) -> tuple[Unit, ...]:
+    """module_units, remembered per tree (libcst nodes hash by identity; parse_module hands out the same tree)."""
     body = list(module.body)
     lead = 0
     while lead < len(body) and _is_header_statement(body[lead]):
@@ -96,7 +103,7 @@ def module_units(module: cst.Module) -> list[Unit]:
     units = [Unit(MODULE, header_code, tuple(body[:lead]), named=True)]
     units += _sequence_units(module, body[lead:], "")
     footer = "".join(module.code_for_node(line) for line in module.footer)
-    return [*units, Unit(FOOTER, footer, (), named=True)]  # always there, so trailing comments are a replace
+    return (*units, Unit(FOOTER, footer, (), named=True))  # always there, so trailing comments are a replace
 
 
 def class_members(module: cst.Module, node: cst.ClassDef) -> list[Unit] | None:
@@ -126,8 +133,15 @@ def class_shell(module: cst.Module, node: cst.ClassDef) -> str:
 
 def parse_statements(code: str) -> tuple[list[cst.EmptyLine], list[Statement], list[cst.EmptyLine]]:
     """Header lines, statements and footer lines of a unit's code."""
-    parsed = cst.parse_module(code)
+    parsed = parse_module(code)
     return list(parsed.header), list(parsed.body), list(parsed.footer)
+
+
+@lru_cache(maxsize=512)
+def parse_module(source: str) -> cst.Module:
+    """cst.parse_module, remembered: libcst trees are immutable, and a search parses the same baseline and the same
+    edits' code thousands of times (stacks of atoms are rebuilt from them)."""
+    return cst.parse_module(source)
 
 
 def as_statements(code: str) -> list[Statement]:

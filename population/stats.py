@@ -52,6 +52,12 @@ class Paired:
         return f"{self.mean:+.3g} [{self.ci_low:+.3g}, {self.ci_high:+.3g}] n={self.n} p={self.p_better:.2g}"
 
 
+def accepts(comparison: Paired | None, alpha: float) -> bool:
+    """The one acceptance rule of the successive-halving search (a child at the top rung, a re-checked elite, a
+    stack step): better than its reference on a one-sided paired t-test at level alpha."""
+    return comparison is not None and comparison.better(alpha)
+
+
 def paired(child: Mapping[int, float], reference: Mapping[int, float], confidence: float = 0.95) -> Paired | None:
     """Compare two seed -> val_bpb maps on their common seeds; None when they share no seed."""
     seeds = tuple(sorted(set(child) & set(reference)))
@@ -110,3 +116,12 @@ def _p_less_than_zero(mean: float, sd: float, n: int) -> float:
     if sd == 0:
         return 0.0 if mean < 0 else 1.0
     return float(stats.t.cdf(mean / (sd / math.sqrt(n)), n - 1))
+
+
+def describe_noise(noise: dict) -> str:
+    """The seed noise a search reads its decisions against (meta "noise"), in one line."""
+    mean = f" (baseline val_bpb {noise['mean']:.4f})" if noise.get("mean") is not None else ""
+    where = f"{noise.get('n', '-')} runs at {noise.get('budget', '-')}"
+    if noise.get("from"):
+        return f"seed sd {noise['sd']:.4g} from {noise['from']}, {where}{mean}"
+    return f"baseline seed sd {noise['sd']:.4g} over {noise.get('n', '-')} seeds at {noise.get('budget', '-')}{mean}"

@@ -13,6 +13,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -35,8 +36,9 @@ _variants = sa.Table(
     sa.Column("knobs", sa.Text, nullable=False),       # JSON object, name -> value
     sa.Column("parents", sa.Text, nullable=False),     # JSON list of variant ids
     sa.Column("mutation", sa.Text),                    # JSON (mutations.edits.Mutation.to_dict), None for the baseline
-    sa.Column("origin", sa.String(200), nullable=False),  # baseline, catalog:NAME, llm:MODEL, merge, tune
+    sa.Column("origin", sa.String(200), nullable=False),  # baseline, catalog:NAME, llm:MODEL, merge, tune, stack
     sa.Column("created", sa.Float, nullable=False),
+    sa.Column("atoms", sa.Text),                       # JSON list of atom names for a baseline-plus-atoms stack
 )
 _evaluations = sa.Table(
     "evotrain_evaluations", _metadata,
@@ -64,6 +66,17 @@ _decisions = sa.Table(
     sa.Column("detail", sa.Text, nullable=False),           # JSON: the paired comparison, a reason, ...
     sa.Column("time", sa.Float, nullable=False),
 )
+_atoms = sa.Table(
+    "evotrain_atoms", _metadata,
+    sa.Column("name", sa.String(200), primary_key=True),  # catalog:rope, llm:MODEL#1a2b3c4d, knob:LEARNING_RATE*3
+    sa.Column("mutation", sa.Text, nullable=False),    # JSON Mutation relative to the baseline
+    sa.Column("origin", sa.String(200), nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("prior", sa.Text),                       # JSON {"mean", "sd", "source"}: what the proposer expected
+    sa.Column("requires", sa.Text, nullable=False),    # JSON list of atom names it cannot go without
+    sa.Column("group", sa.String(200), nullable=False),  # atoms of one group exclude each other (a knob's levels)
+    sa.Column("created", sa.Float, nullable=False),
+)
 _trials = sa.Table(
     "evotrain_knob_trials", _metadata,
     sa.Column("variant_id", sa.String(16), sa.ForeignKey("evotrain_variants.id"), primary_key=True),
@@ -71,11 +84,28 @@ _trials = sa.Table(
     sa.Column("trial_id", sa.Integer, nullable=False),
 )
 
-# What the search concluded about a variant: accepted, rejected, failed, refused and pruned end a
-# candidate's climb through the rungs; an accepted variant stays in the population until retired or dropped.
-DECISIONS = ("accepted", "rejected", "failed", "refused", "pruned", "promoted",
-             "confirmed", "retired",   # an elite re-checked on fresh seeds: kept, or out as a lucky winner
-             "dropped")                # out of a full population, worse than the members kept
+
+class DecisionKind(str, Enum):
+    """What the search concluded about a variant."""
+
+    ACCEPTED = "accepted"      # beat its reference: joins the population (greedy: kept)
+    REJECTED = "rejected"      # did not (greedy: discarded)
+    FAILED = "failed"          # its run crashed, timed out, leaked, ...
+    REFUSED = "refused"        # static validation or its smoke run refused it
+    PRUNED = "pruned"          # stopped early, or still waiting when the search ended
+    PROMOTED = "promoted"      # climbed to the next rung
+    CONFIRMED = "confirmed"    # an elite re-checked on fresh seeds kept its gain
+    RETIRED = "retired"        # ... or lost it: out as a lucky winner
+    DROPPED = "dropped"        # out of a full population, worse than the members kept
+    INCUMBENT = "incumbent"    # became the best answer so far (with the compute spent to get there)
+
+    def ends_climb(self) -> bool:
+        """Ends a candidate's climb through the rungs."""
+        return self in (DecisionKind.ACCEPTED, DecisionKind.REJECTED, DecisionKind.FAILED, DecisionKind.REFUSED,
+                        DecisionKind.PRUNED)
+
+
+DECISIONS = tuple(kind.value for kind in DecisionKind)
 
 
 def variant_id(source: str, knobs: dict) -> str:
@@ -92,6 +122,19 @@ class Variant:
     parents: tuple[str, ...]
     mutation: dict | None
     origin: str
+    created: float
+    atoms: tuple[str, ...] | None = None   # a stack of atoms on the baseline; None for other variants
+
+
+@dataclass(frozen=True)
+class StoredAtom:
+    name: str
+    mutation: dict
+    origin: str
+    description: str
+    prior: dict | None
+    requires: tuple[str, ...]
+    group: str
     created: float
 
 
@@ -155,10 +198,12 @@ class Store:
 
     def _add_missing_columns(self) -> None:
         """Stores written before a column existed get it, with its default, so older runs stay readable."""
-        present = {c["name"] for c in sa.inspect(self._engine).get_columns(_evaluations.name)}
-        if "purpose" not in present:
-            with self._engine.begin() as db:
-                db.execute(sa.text(f"ALTER TABLE {_evaluations.name} ADD COLUMN purpose VARCHAR(40) NOT NULL DEFAULT ''"))
+        for table, column, definition in ((_evaluations, "purpose", "VARCHAR(40) NOT NULL DEFAULT ''"),
+                                          (_variants, "atoms", "TEXT")):
+            present = {c["name"] for c in sa.inspect(self._engine).get_columns(table.name)}
+            if column not in present:
+                with self._engine.begin() as db:
+                    db.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column} {definition}"))
 
     # ---------------------------------------------------------------- run metadata
     def set_meta(self, key: str, value: object) -> None:
@@ -172,7 +217,8 @@ class Store:
 
     # ---------------------------------------------------------------- variants
     def add_variant(self, source: str, *, knobs: dict | None = None, parents: tuple[str, ...] = (),
-                    mutation: dict | None = None, origin: str) -> tuple[Variant, bool]:
+                    mutation: dict | None = None, origin: str,
+                    atoms: tuple[str, ...] | None = None) -> tuple[Variant, bool]:
         """The stored variant and whether it is new; a duplicate (same source and knobs) is not stored twice."""
         knobs = knobs or {}
         key = variant_id(source, knobs)
@@ -180,7 +226,8 @@ class Store:
         if existing is not None:
             return existing, False
         row = dict(id=key, source=source, knobs=json.dumps(knobs, sort_keys=True), parents=json.dumps(list(parents)),
-                   mutation=None if mutation is None else json.dumps(mutation), origin=origin, created=time.time())
+                   mutation=None if mutation is None else json.dumps(mutation), origin=origin, created=time.time(),
+                   atoms=None if atoms is None else json.dumps(sorted(atoms)))
         with self._engine.begin() as db:
             db.execute(sa.insert(_variants).values(**row))
         return self.variant(key), True
@@ -193,6 +240,27 @@ class Store:
     def variants(self) -> list[Variant]:
         with self._engine.connect() as db:
             return [_variant(row) for row in db.execute(sa.select(_variants).order_by(_variants.c.created))]
+
+    # ---------------------------------------------------------------- atoms
+    def add_atom(self, name: str, mutation: dict, *, origin: str, description: str = "", prior: dict | None = None,
+                 requires: tuple[str, ...] = (), group: str = "") -> bool:
+        """Store an atom once; False when one of that name exists already."""
+        with self._engine.begin() as db:
+            try:
+                db.execute(sa.insert(_atoms).values(
+                    name=name, mutation=json.dumps(mutation), origin=origin, description=description,
+                    prior=None if prior is None else json.dumps(prior), requires=json.dumps(list(requires)),
+                    group=group, created=time.time()))
+            except sa.exc.IntegrityError:
+                return False
+        return True
+
+    def atoms(self) -> list[StoredAtom]:
+        with self._engine.connect() as db:
+            return [StoredAtom(r.name, json.loads(r.mutation), r.origin, r.description,
+                               None if r.prior is None else json.loads(r.prior), tuple(json.loads(r.requires)),
+                               r.group, r.created)
+                    for r in db.execute(sa.select(_atoms).order_by(_atoms.c.created, _atoms.c.name))]
 
     # ---------------------------------------------------------------- evaluations
     def begin_evaluation(self, variant: str, budget: str, seed: int, split: str = "val",
@@ -231,12 +299,13 @@ class Store:
             return [_evaluation(row) for row in db.execute(query)]
 
     # ---------------------------------------------------------------- decisions
-    def decide(self, variant: str, kind: str, *, rung: int | None = None, reference: str | None = None,
+    def decide(self, variant: str, kind: DecisionKind | str, *, rung: int | None = None, reference: str | None = None,
                detail: dict | None = None) -> None:
         if kind not in DECISIONS:
             raise ValueError(f"unknown decision {kind!r}: one of {', '.join(DECISIONS)}")
         with self._engine.begin() as db:
-            db.execute(sa.insert(_decisions).values(variant_id=variant, kind=kind, rung=rung, reference=reference,
+            db.execute(sa.insert(_decisions).values(variant_id=variant, kind=DecisionKind(kind).value, rung=rung,
+                                                    reference=reference,
                                                     detail=json.dumps(detail or {}), time=time.time()))
 
     def decisions(self, variant: str | None = None) -> list[Decision]:
@@ -272,7 +341,8 @@ def _sqlite_pragmas(connection, _record) -> None:
 
 def _variant(row) -> Variant:
     return Variant(row.id, row.source, json.loads(row.knobs), tuple(json.loads(row.parents)),
-                   None if row.mutation is None else json.loads(row.mutation), row.origin, row.created)
+                   None if row.mutation is None else json.loads(row.mutation), row.origin, row.created,
+                   None if row.atoms is None else tuple(json.loads(row.atoms)))
 
 
 def _evaluation(row) -> Evaluation:

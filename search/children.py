@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from mutations.diff import structural_diff
 from mutations.edits import Mutation, apply_mutation
 from mutations.merge import MergeConflict, merge
-from mutations.sources import MutationSource, NoProposal, Outcome, ProposalRequest
+from mutations.sources import Expectation, MutationSource, NoProposal, Outcome, ProposalRequest
 from mutations.validation import validate_mutation, validate_source
 from population.stats import Paired
-from population.store import Decision, Variant
+from population.store import Decision, DecisionKind, Variant
 from search.knob_tuning import KnobTuner
 
-FINAL = ("accepted", "rejected", "failed", "refused", "pruned")   # a candidate's climb through the rungs ends
 _SIBLINGS_SHOWN = 8
 
 
@@ -31,6 +30,7 @@ class Child:
     rationale: str = ""
     cost_usd: float = 0.0
     refusal: str = ""           # why static validation refused it ("" = valid)
+    expectation: Expectation | None = None  # what the source expected it to do
 
     @property
     def needs_smoke(self) -> bool:
@@ -52,14 +52,15 @@ def structural(source: MutationSource, parent: Variant, request: ProposalRequest
     origin = ":".join(mutation.name.split(":")[:2]) or source.name  # llm:MODEL:KEY -> llm:MODEL
     return Child(child if child is not None else parent.source, mutation, origin, (parent.id,),
                  rationale=proposal.rationale, cost_usd=proposal.cost_usd,
-                 refusal="" if verdict.ok and child is not None else verdict.summary())
+                 refusal="" if verdict.ok and child is not None else verdict.summary(),
+                 expectation=proposal.expectation)
 
 
 def proposal_request(parent: Variant, variants: dict[str, Variant], decisions: list[Decision],
-                     direction: str = "") -> ProposalRequest:
+                     direction: str = "", exclude: frozenset[str] = frozenset()) -> ProposalRequest:
     """What a mutation source is told about a parent: its lineage and its recent children, each with
     what the search measured, and every change already tried on it (so none is proposed twice)."""
-    outcomes = {d.variant_id: d for d in decisions if d.kind in FINAL}
+    outcomes = {d.variant_id: d for d in decisions if DecisionKind(d.kind).ends_climb()}
     siblings = [v for v in variants.values() if v.parents and v.parents[0] == parent.id]
     lineage, walk = [], parent
     while walk.parents:
@@ -67,7 +68,8 @@ def proposal_request(parent: Variant, variants: dict[str, Variant], decisions: l
         walk = variants[walk.parents[0]]
     return ProposalRequest(parent.source, parent.id, direction=direction, lineage=tuple(reversed(lineage)),
                            siblings=tuple(_outcome(v, outcomes.get(v.id)) for v in siblings[-_SIBLINGS_SHOWN:]),
-                           tried=frozenset(Mutation.from_dict(v.mutation).key for v in siblings if v.mutation))
+                           tried=frozenset(Mutation.from_dict(v.mutation).key for v in siblings if v.mutation),
+                           exclude=exclude)
 
 
 def _outcome(variant: Variant, decision: Decision | None) -> Outcome:

@@ -1,18 +1,18 @@
-"""The dashboard's data: a Snapshot of a running search, and the rank correlation between rungs."""
+"""The dashboard's data: a Snapshot of a running search, built from what the driver hands over (no driver object),
+and the rank correlation between rungs."""
 from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import TYPE_CHECKING
 
+from population.ladder import Ladder
 from population.stats import rank_correlation
-from population.store import Variant
+from population.store import Decision, DecisionKind, Variant
 from search.evaluator import Evaluator
-from search.ladder import Ladder
-from search.snapshot import RungView, SlotView, Snapshot
-
-if TYPE_CHECKING:
-    from search.evolve import Evolution
+from search.executors import Executor
+from search.snapshot import SlotView, Snapshot
+from search.strategies._base import View
+from trainer.result import EvalResult
 
 
 def fidelity_rows(variants: list[Variant], evaluator: Evaluator, ladder: Ladder) -> list[dict]:
@@ -32,37 +32,29 @@ def fidelity_rows(variants: list[Variant], evaluator: Evaluator, ladder: Ladder)
     return rows
 
 
-def build_snapshot(evo: Evolution) -> Snapshot:
-    store, ladder, config = evo.store, evo.ladder, evo.config
-    meta = store.meta()
-    finished = evo.evaluator.finished()  # in memory: re-reading every stored result each second would be wasted I/O
-    decisions = store.decisions()
+def running_slots(executor: Executor, evaluator: Evaluator, variants: dict[str, Variant]) -> list[SlotView]:
+    """What runs where, in every phase."""
     slots = []
-    for running in evo.executor.running():
-        request = evo.evaluator.request_for(running.job.key)
+    for running in executor.running():
+        request = evaluator.request_for(running.job.key)
         if request is None:
             continue
-        variant = evo.variants.get(request.variant, evo.baseline)
+        variant = variants.get(request.variant)
         name = running.slot.device if running.slot.device.startswith("cuda") else f"{running.slot.device}#{len(slots)}"
-        slots.append(SlotView(name, request.variant[:8], variant.origin, request.purpose, str(request.budget),
-                              request.seed, running.progress, time.time() - running.started))
-    occupancy = evo.asha.occupancy() if evo.asha else [0] * len(ladder.rungs)
-    promoted = Counter(d.rung for d in decisions if d.kind == "promoted")
-    accepted = sum(1 for d in decisions if d.kind == "accepted" and d.variant_id != evo.baseline.id)
-    in_flight = Counter(str(r.budget) for r in evo.evaluator.in_flight())
-    rungs = [RungView(rung.label, len(rung.seeds), in_flight[rung.label], occupancy[rung.index],
-                      accepted if rung is ladder.top else promoted.get(rung.index + 1, 0)) for rung in ladder.rungs]
-    remaining = None
-    if config.time_limit is not None:
-        remaining = max(0.0, config.time_limit - evo.search_seconds) if evo.phase in ("noise", "search") else 0.0
+        slots.append(SlotView(name, request.variant[:8], variant.origin if variant else "?", request.purpose,
+                              str(request.budget), request.seed, running.progress, time.time() - running.started))
+    return slots
+
+
+def build_snapshot(*, run: str, phase: str, elapsed: float, remaining: float | None, children: int,
+                   children_limit: int | None, slots: list[SlotView], finished: list[EvalResult],
+                   decisions: list[Decision], view: View | None, llm_cost: float, recent: list[str],
+                   result: dict | None, strategy: str) -> Snapshot:
+    view = view or View()
+    kinds = Counter(d.kind for d in decisions if d.kind != DecisionKind.INCUMBENT)
     return Snapshot(
-        run=str(config.run_dir), phase=evo.phase, elapsed=time.time() - evo.started, remaining=remaining,
-        children=evo.children_made,
-        children_limit=config.generations * config.population if config.generations else None,
-        slots=slots, rungs=rungs,
-        evaluations=dict(Counter(r.status.value for r in finished)),
-        decisions=dict(Counter(d.kind for d in decisions)),
-        population=evo.pool.views(), noise=meta.get("noise"), fidelity=meta.get("fidelity", []),
-        llm_cost_usd=evo.llm_cost,
-        compute_seconds=sum(r.wall_seconds for r in finished),
-        recent=list(evo.recent), result=meta.get("result"), updated=time.time())
+        run=run, phase=phase, elapsed=elapsed, remaining=remaining, children=children, children_limit=children_limit,
+        slots=slots, rungs=view.rungs, evaluations=dict(Counter(r.status.value for r in finished)),
+        decisions=dict(kinds), population=view.population, noise=view.noise, fidelity=view.fidelity,
+        llm_cost_usd=llm_cost, compute_seconds=sum(r.wall_seconds for r in finished), recent=list(recent),
+        result=result, updated=time.time(), strategy=strategy)

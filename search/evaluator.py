@@ -30,7 +30,8 @@ class Request:
     budget: Budget
     seed: int
     split: str = "val"
-    purpose: str = ""        # shown in progress: "rung 1", "noise", "recheck", "stack", "test", "smoke"
+    purpose: str = ""        # shown in progress and costed apart: "search", "confirm", "rung 1", "smoke", "test", ...
+    prune_against: str | None = None  # stop the run early when its probes fall behind this variant's (same budget, seed)
 
     @property
     def key(self) -> tuple[str, str, int, str]:
@@ -61,31 +62,42 @@ def prune_rule(reference: EvalResult | None, margin: float) -> PruneRule | None:
 class Evaluator:
     def __init__(self, store: Store, executor: Executor, template: RunSpec, run_dir: Path,
                  on_finish: Callable[[Request, EvalResult], None] | None = None, timeout_s: float | None = None,
-                 ) -> None:
+                 prune_margin: float = 0.0) -> None:
         self.store, self.executor, self.template = store, executor, template
         self._logs = Path(run_dir) / "logs"
         self._on_finish = on_finish
         self._timeout_s = timeout_s   # None: from the budget (trainer.runner.default_timeout)
+        self._prune_margin = prune_margin
         self._results: dict[tuple, EvalResult] = {}
+        self._requests: dict[tuple, Request] = {}    # what each finished evaluation was asked as
         self._claims: dict[int, Request] = {}       # evaluation id -> request
         self.requeued = store.requeue_interrupted()
         for evaluation in store.evaluations():
             if evaluation.result is not None:
-                self._results[(evaluation.variant_id, evaluation.budget, evaluation.seed, evaluation.split)] = \
-                    evaluation.result
+                request = Request(evaluation.variant_id, Budget.parse(evaluation.budget), evaluation.seed,
+                                  evaluation.split, evaluation.purpose)
+                self._results[request.key] = evaluation.result
+                self._requests[request.key] = request
 
     # ---------------------------------------------------------------- reading
     def result(self, request: Request) -> EvalResult | None:
         return self._results.get(request.key)
 
-    def scores(self, variant: str, budget: Budget, seeds: Iterable[int], split: str = "val") -> dict[int, float]:
-        """seed -> val_bpb of the finished, successful evaluations among these seeds."""
+    def scores(self, variant: str, budget: Budget, seeds: Iterable[int] | None = None,
+               split: str = "val") -> dict[int, float]:
+        """seed -> val_bpb of the finished, successful evaluations (among these seeds, when given)."""
+        if seeds is None:
+            seeds = sorted(s for v, b, s, p in self._results if (v, b, p) == (variant, str(budget), split))
         found = {}
         for seed in seeds:
             result = self._results.get((variant, str(budget), seed, split))
             if result is not None and result.status.is_ok():
                 found[seed] = result.val_bpb
         return found
+
+    def items(self) -> list[tuple[Request, EvalResult]]:
+        """Every finished evaluation as (request, result), in the order they finished."""
+        return [(self._requests[key], result) for key, result in self._results.items()]
 
     def missing(self, requests: Iterable[Request]) -> list[Request]:
         """The requests with neither a result nor a run in flight."""
@@ -103,7 +115,7 @@ class Evaluator:
         return self._claims.get(job_key)
 
     # ---------------------------------------------------------------- running
-    def submit(self, request: Request, source: str, prune: PruneRule | None = None) -> bool:
+    def submit(self, request: Request, source: str) -> bool:
         """Claim and start one evaluation; False when it is done or claimed already."""
         key = self.store.begin_evaluation(request.variant, str(request.budget), request.seed, request.split,
                                           request.purpose)
@@ -114,6 +126,9 @@ class Evaluator:
             spec = replace(for_smoke(spec), probes=())
         log = self._logs / request.variant / f"{request.split}-{request.budget}-s{request.seed}.log"
         self._claims[key] = request
+        prune = None
+        if request.prune_against is not None:
+            prune = prune_rule(self.result(replace(request, variant=request.prune_against)), self._prune_margin)
         self.executor.submit(EvalJob(key=key, source=source, spec=spec,
                                      timeout_s=self._timeout_s or default_timeout(request.budget),
                                      log_path=log, on_event=prune, label=f"{request.variant[:8]} {request.purpose}"))
@@ -126,19 +141,18 @@ class Evaluator:
             request = self._claims.pop(job.key)
             self.store.finish_evaluation(job.key, result, log_path=str(job.log_path))
             self._results[request.key] = result
+            self._requests[request.key] = request
             finished.append((request, result))
             if self._on_finish is not None:
                 self._on_finish(request, result)
         return finished
 
-    def run_all(self, work: list[tuple[Request, str]], prune: Callable[[Request], PruneRule | None] | None = None,
-                ) -> None:
+    def run_all(self, work: list[tuple[Request, str]]) -> None:
         """Run every missing request (request, source) to completion, as many at once as there are slots."""
         queue = [(r, s) for r, s in work if r.key not in self._results]
         while queue or self._claims:
             while queue and self.executor.free_slots() > 0:
-                request, source = queue.pop(0)
-                self.submit(request, source, prune(request) if prune else None)
+                self.submit(*queue.pop(0))
             self.poll(timeout=1.0)
 
     def stop(self) -> None:

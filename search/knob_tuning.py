@@ -21,18 +21,12 @@ from optuna.distributions import BaseDistribution, FloatDistribution, IntDistrib
 from optuna.trial import TrialState
 
 from mutations.knobs import Knob, extract_knobs, set_knobs
-from search.config import EvolveConfig
 from trainer.errors import UserError
 
 _LOG_FACTOR = 3.0
 _LINEAR_SHARE = 0.25
 _INT_STEPS = 2
 KNOBS_PER_TRIAL = 3
-
-
-def knob_values(source: str, config: EvolveConfig) -> dict:
-    """name -> current value of every knob: what a stored variant records beside its source."""
-    return {k.name: k.default for k in extract_knobs(source, config.device_kind)}
 
 
 def study_name(variant_id: str) -> str:

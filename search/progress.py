@@ -18,6 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from population.stats import describe_noise
 from search.snapshot import MemberView, Snapshot
 from trainer.result import Status
 
@@ -177,13 +178,7 @@ def _measurement(snapshot: Snapshot) -> Text:
     """How far to trust the numbers: the baseline's seed noise and the low-to-high fidelity rank correlations."""
     noise = snapshot.noise or {}
     text = Text("noise  ")
-    if noise.get("sd") is not None:
-        text.append(f"baseline seed sd {format_number(noise['sd'])} over {noise.get('n', '-')} seeds "
-                    f"at {noise.get('budget', '-')}")
-        if noise.get("mean") is not None:
-            text.append(f" (mean val_bpb {format_number(noise['mean'])})")
-    else:
-        text.append("-")
+    text.append(describe_noise(noise) if noise.get("sd") is not None else "-")
     for corr in snapshot.fidelity:
         text.append(f"\nfidelity  {corr.get('low', '-')}->{corr.get('high', '-')}: "
                     f"spearman {format_number(corr.get('spearman'), 2)} "

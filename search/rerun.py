@@ -16,9 +16,9 @@ from population.stats import Paired, paired
 from population.store import Store, Variant
 from search.config import EvolveConfig
 from search.evaluator import Evaluator, Request
-from search.evolve import make_executor
-from search.knob_tuning import knob_values
-from search.ladder import Ladder
+from population.ladder import Ladder
+from search.context import knob_values
+from search.driver import make_executor
 from trainer.budget import Budget
 from trainer.errors import UserError
 from trainer.result import EvalResult
@@ -39,8 +39,7 @@ class Rerun:
             raise UserError(f"{run_dir} has no combined result yet: let `search evolve` finish (or resume it) first")
         self.store, self.meta = store, meta
         self.config = replace(EvolveConfig.from_dict(meta["options"]), workers=workers or None)
-        self.ladder = Ladder.build(self.config.top_budget, self.config.fractions, self.config.seeds, self.config.eta,
-                                   self.config.seed)
+        self.ladder = Ladder.from_dict(meta["ladder"])
         template = build_spec(self.config.top_budget, device=self.config.device, dataset=self.config.dataset)
         if self.config.eval_tokens:
             template = replace(template, profile=replace(template.profile, eval_tokens=self.config.eval_tokens))
@@ -72,6 +71,15 @@ class Rerun:
         self.evaluator.run_all([(Request(v.id, self.ladder.top.budget, s, purpose="ablation"), v.source)
                                 for v in self.ablation_variants() for s in seeds])
         return seeds
+
+    # ---------------------------------------------------------------- held-out runs
+    def test(self, variant_ids: list[str], seeds: tuple[int, ...]) -> None:
+        """These variants on the held-out test split at the full budget, on these seeds (what finished is kept)."""
+        self.evaluator.run_all([(Request(v, self.ladder.top.budget, s, split="test", purpose="test"),
+                                 self.variants[v].source) for v in dict.fromkeys(variant_ids) for s in seeds])
+
+    def test_scores(self, variant_id: str, seeds: tuple[int, ...]) -> dict[int, float]:
+        return self.evaluator.scores(variant_id, self.ladder.top.budget, seeds, "test")
 
     # ---------------------------------------------------------------- transfer
     def transfer(self, overrides: dict[str, str], budget: Budget, seeds: int, per_atom: bool) -> dict:
@@ -106,7 +114,7 @@ class Rerun:
             raise UserError(f"--set on {variant.id[:8]}: {error}") from None
         mutation = structural_diff(variant.source, source, name="transfer",
                                    description=", ".join(f"{k}={v}" for k, v in overrides.items()))
-        made, _ = self.store.add_variant(source, knobs=knob_values(source, self.config), parents=(variant.id,),
+        made, _ = self.store.add_variant(source, knobs=knob_values(source, self.config.device_kind), parents=(variant.id,),
                                          mutation=mutation.to_dict(), origin="transfer")
         return self.variants.setdefault(made.id, made)
 

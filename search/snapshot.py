@@ -45,7 +45,7 @@ class MemberView:
 @dataclass(frozen=True)
 class Snapshot:
     run: str
-    phase: str                              # noise, search, combine, test, done, stopped
+    phase: str                              # search (or a strategy's own stage: noise, combine, confirm), test, done, stopped
     elapsed: float                          # seconds since the search started (all sessions)
     remaining: float | None                 # seconds of search phase left, None without a time limit
     children: int                           # children proposed so far
@@ -55,13 +55,14 @@ class Snapshot:
     evaluations: dict[str, int] = field(default_factory=dict)   # status -> count (ok, crash, pruned, ...)
     decisions: dict[str, int] = field(default_factory=dict)     # kind -> count (accepted, rejected, ...)
     population: list[MemberView] = field(default_factory=list)  # best first
-    noise: dict | None = None               # {"sd", "mean", "n", "budget"} of the baseline at the top rung
+    noise: dict | None = None               # {"sd", "mean", "n", "budget"}: the seed noise the strategy reads against
     fidelity: list[dict] = field(default_factory=list)          # {"low", "high", "n", "spearman", "kendall"}
     llm_cost_usd: float = 0.0
     compute_seconds: float = 0.0            # wall seconds of every finished evaluation, summed
     recent: list[str] = field(default_factory=list)             # the latest events, one line each
     result: dict | None = None              # the combined stack and its held-out test, once known
     updated: float = 0.0                    # time.time() when the snapshot was taken
+    strategy: str = ""                      # additive, asha, greedy, tpe
 
     @property
     def best(self) -> MemberView | None:

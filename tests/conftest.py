@@ -90,23 +90,23 @@ def make_spec(shakespeare_spec):
     return make
 
 
-# A tiny search, for tests of what reads a finished run (analysis, export, report, ablate).
-# At 8 steps a 3x learning rate gains about one bit per byte, so the run accepts changes,
-# stacks, re-tunes and ablates them in a minute and a half on 2 idle cores.
-TINY_EVOLVE = dict(population=3, time_limit=None, budget="16k", fractions=(0.25, 0.5, 1.0), seeds=(1, 2, 2), eta=2,
-                   device="cpu", device_kind="cpu", workers=2, stack_trials=1, test_seeds=2, combine_max=3,
-                   eval_tokens=4096, alpha=0.1)
+# A tiny successive-halving search, for tests of what reads a finished run (analysis, export, report, ablate):
+# its rungs, knob studies and combine step fill every table. At 8 steps a 3x learning rate gains about one bit
+# per byte, so the run accepts changes, stacks, re-tunes and ablates them in a minute and a half on 2 idle cores.
+TINY_EVOLVE = dict(strategy="asha", population=3, time_limit=None, budget="16k", fractions=(0.25, 0.5, 1.0),
+                   seeds=(1, 2, 2), eta=2, device="cpu", device_kind="cpu", workers=2, stack_trials=1, test_seeds=2,
+                   combine_max=3, eval_tokens=4096, alpha=0.1)
 
 
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory):
     """The run directory of a small, finished `search evolve` (read it, do not change it)."""
     from search.config import EvolveConfig
-    from search.evolve import Evolution
+    from search.driver import Driver
     from search.progress import NullReporter
 
     run_dir = tmp_path_factory.mktemp("finished") / "run"
     config = EvolveConfig(run_dir=run_dir, mutator="catalog:higher_lr,smaller_batch,untied_head", generations=2,
                           tune_share=0.2, merge_share=0.2, **TINY_EVOLVE)
-    Evolution(config, NullReporter()).run()
+    Driver(config, NullReporter()).run()
     return run_dir

@@ -154,7 +154,7 @@ def test_a_run_before_the_combine_step_still_renders(searching):
                    "no study had enough complete trials", "the combine step has not ablated a stack",
                    "nothing is in the population", "the search has taken no decision"):
         assert f"{EMPTY}: {reason}" in page, reason
-    assert "seed sd 0.01 bpb over 2 seeds at 8k" in page
+    assert "baseline seed sd 0.01 over 2 seeds at 8k" in page
 
 
 def test_a_stack_that_is_the_baseline_says_so(searching):

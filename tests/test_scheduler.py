@@ -6,10 +6,10 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from mutations.knobs import extract_knobs
-from search.config import EvolveConfig, check_resume
+from search.config import EvolveConfig, check_resume, parse_counts, parse_fractions
 from search.evaluator import PruneRule, prune_rule
 from search.knob_tuning import KnobTuner, local_space
-from search.ladder import Ladder, parse_counts, parse_fractions
+from population.ladder import Ladder
 from search.scheduler import Asha
 from trainer.budget import Budget
 from trainer.errors import UserError

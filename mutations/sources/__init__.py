@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mutations.sources._base import MutationSource, NoProposal, Outcome, Proposal, ProposalRequest
+from mutations.sources._base import Expectation, MutationSource, NoProposal, Outcome, Proposal, ProposalRequest
 from trainer.errors import UserError
 
-__all__ = ["MutationSource", "NoProposal", "Outcome", "Proposal", "ProposalRequest", "make_source"]
+__all__ = ["Expectation", "MutationSource", "NoProposal", "Outcome", "Proposal", "ProposalRequest", "make_source"]
 
 
 def make_source(spec: str, *, seed: int = 0, model: str | None = None, direction_file: Path | None = None,

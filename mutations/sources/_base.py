@@ -32,8 +32,18 @@ class ProposalRequest:
     knob_table: str = ""                        # mutations.knobs.knob_table(...).to_markdown() or similar
     ablation_table: str = ""                    # the combine step's ablation so far, as text
     tried: frozenset[str] = frozenset()         # Mutation.key of everything already tried on this parent
+    exclude: frozenset[str] = frozenset()       # names of changes the search has already (catalog:rope, ...)
     other_parent_source: str | None = None      # crossover: a second parent whose changes conflict
     conflict: str = ""                          # crossover: the conflict to resolve, as mutations.merge reports it
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What a source expects a change to do to val_bpb (negative = better), and on what that rests."""
+
+    mean: float
+    sd: float
+    measured_on: str = ""   # "" for a guess; else where it was measured: "built-in baseline, cpu, 300k"
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,7 @@ class Proposal:
     expected_effect: str = ""
     new_knobs: dict = field(default_factory=dict)  # name -> "# knob:" range text, for constants it introduces
     cost_usd: float = 0.0
+    expectation: Expectation | None = None      # a number to start from, where the source has one
 
 
 class NoProposal(Exception):
@@ -51,6 +62,7 @@ class NoProposal(Exception):
 
 class MutationSource(ABC):
     name: str
+    exhaustive: bool = False   # proposals are cheap and finite: a strategy may ask for all of them up front
 
     @abstractmethod
     def propose(self, request: ProposalRequest) -> Proposal:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import anthropic
 
 from mutations.edits import ApplyError
-from mutations.sources._base import MutationSource, NoProposal, Proposal, ProposalRequest
+from mutations.sources._base import Expectation, MutationSource, NoProposal, Proposal, ProposalRequest
 from mutations.sources.cost import CostMeter, Usage, price
 from mutations.sources.prompt import (TOOL, TOOL_CHOICE, assistant_turn, feedback_turn, first_turn, parse_answer,
                                       system_blocks)
@@ -187,7 +187,7 @@ class AnthropicSource(MutationSource):
                                              f"define at module level; define them or leave them out of new_knobs")
         summary = re.split(r"(?<=\.)\s|\n", answer.rationale.strip(), maxsplit=1)[0][:200]  # the first sentence
         return Proposal(mutation.named(f"llm:{self.model}:{mutation.key[:4]}", summary), answer.rationale,
-                        answer.expected_effect, answer.new_knobs, cost)
+                        answer.expected_effect, answer.new_knobs, cost, stated_expectation(answer.expected_effect))
 
     # -- calling the API
     def _call(self, messages: list[dict]) -> tuple[object, float]:
@@ -225,6 +225,19 @@ class AnthropicSource(MutationSource):
                 log.warning("Anthropic API: %s; retry %d/%d in %.1f s", _describe(error), attempt + 1,
                             self.backoff.retries, delay)
                 self._sleep(delay)
+
+
+_STATED = re.compile(r"([+-\u2212]?\s*\d*\.?\d+(?:e[+-]?\d+)?)\s*(?:val[_ ])?bpb", re.IGNORECASE)
+
+
+def stated_expectation(text: str) -> Expectation | None:
+    """The model's stated effect on val_bpb ("-0.01 val_bpb, 5% slower") as an expectation: a guess, so its
+    spread is twice its size."""
+    match = _STATED.search(text)
+    if match is None:
+        return None
+    mean = float(match.group(1).replace("\u2212", "-").replace(" ", ""))
+    return Expectation(mean, max(2 * abs(mean), 1e-3))
 
 
 def _result(future: Future) -> Proposal | NoProposal:

@@ -359,7 +359,7 @@ def _git(folder: Path, *args: str, check: bool = True, stdin: str | None = None)
 def tsv_rows(run: Run) -> list[str]:
     """One line per variant evaluated at the top rung, in creation order, as autoresearch logs experiments:
     mean val_bpb on the top rung's seeds, peak memory in GB, keep/discard/crash, the description."""
-    from search.ladder import Ladder
+    from population.ladder import Ladder
     from trainer.budget import Budget
 
     options = run.meta["options"]

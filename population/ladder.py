@@ -8,7 +8,6 @@ separate ranges, so they never coincide with the search seeds.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fractions import Fraction
 
 from trainer.budget import Budget
 from trainer.errors import UserError
@@ -70,18 +69,11 @@ class Ladder:
     def test_seeds(self, count: int) -> tuple[int, ...]:
         return tuple(range(self.base_seed + _TEST_SEEDS_START, self.base_seed + _TEST_SEEDS_START + count))
 
+    def to_dict(self) -> dict:
+        return {"budgets": [str(r.budget) for r in self.rungs], "seeds": [list(r.seeds) for r in self.rungs],
+                "eta": self.eta, "base_seed": self.base_seed}
 
-def parse_fractions(text: str) -> tuple[float, ...]:
-    """`1/9,1/3,1` -> (0.111..., 0.333..., 1.0)."""
-    try:
-        return tuple(float(Fraction(part.strip())) for part in text.split(","))
-    except (ValueError, ZeroDivisionError):
-        raise UserError(f"cannot read rung fractions {text!r}: write them like 1/4,1/2,1") from None
-
-
-def parse_counts(text: str) -> tuple[int, ...]:
-    """`1,2,3` -> (1, 2, 3)."""
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise UserError(f"cannot read seed counts {text!r}: write one per rung, like 1,2,3") from None
+    @classmethod
+    def from_dict(cls, data: dict) -> Ladder:
+        rungs = tuple(Rung(i, Budget.parse(b), tuple(s)) for i, (b, s) in enumerate(zip(data["budgets"], data["seeds"])))
+        return cls(rungs, data["eta"], data["base_seed"])
