@@ -2,7 +2,7 @@
 knob importance.
 
 LLM usage is summed from the run's `llm.jsonl` (one JSON line per call, written by
-mutations.sources.replay.Recorder: "usage" holds the token counts, "cost_usd" the price).
+mutations.sources.recording.Recorder: "usage" holds the token counts, "cost_usd" the price).
 """
 from __future__ import annotations
 

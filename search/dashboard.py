@@ -1,35 +1,15 @@
-"""The dashboard's data: a Snapshot of a running search, built from what the driver hands over (no driver object),
-and the rank correlation between rungs."""
+"""The dashboard's data: a Snapshot of a running search, built from what the driver hands over (no driver object)."""
 from __future__ import annotations
 
 import time
 from collections import Counter
 
-from population.ladder import Ladder
-from population.stats import rank_correlation
 from population.store import Decision, DecisionKind, Variant
 from search.evaluator import Evaluator
 from search.executors import Executor
 from search.snapshot import SlotView, Snapshot
 from search.strategies._base import View
 from trainer.result import EvalResult
-
-
-def fidelity_rows(variants: list[Variant], evaluator: Evaluator, ladder: Ladder) -> list[dict]:
-    """Spearman and Kendall between consecutive rungs, over the variants that completed both."""
-    rows = []
-    for low, high in zip(ladder.rungs, ladder.rungs[1:]):
-        pairs = []
-        for variant in variants:
-            a = evaluator.scores(variant.id, low.budget, low.seeds)
-            b = evaluator.scores(variant.id, high.budget, high.seeds)
-            if len(a) == len(low.seeds) and len(b) == len(high.seeds):
-                pairs.append((sum(a.values()) / len(a), sum(b.values()) / len(b)))
-        correlation = rank_correlation([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else None
-        rows.append({"low": low.label, "high": high.label, "n": len(pairs),
-                     "spearman": correlation[0] if correlation else None,
-                     "kendall": correlation[1] if correlation else None})
-    return rows
 
 
 def running_slots(executor: Executor, evaluator: Evaluator, variants: dict[str, Variant]) -> list[SlotView]:

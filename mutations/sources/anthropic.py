@@ -15,7 +15,7 @@ checked before every call, so concurrent calls may overshoot it by at most one c
 No temperature is sent: SDK 2.14's messages.create has no sampling parameters (current models
 refuse non-default ones), so the model's default sampling gives the variety between calls.
 
-Every call is recorded (mutations.sources.replay) when `record_path` is given, and
+Every call is recorded (mutations.sources.recording) when `record_path` is given, and
 ReplaySource is this class with a client that answers from such a recording.
 """
 from __future__ import annotations
@@ -29,21 +29,18 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import anthropic
 
 from mutations.edits import ApplyError
 from mutations.sources._base import Expectation, MutationSource, NoProposal, Proposal, ProposalRequest
 from mutations.sources.cost import CostMeter, Usage, price
+from mutations.sources.recording import Recorder
 from mutations.sources.prompt import (TOOL, TOOL_CHOICE, assistant_turn, feedback_turn, first_turn, parse_answer,
                                       system_blocks)
 from mutations.units import addressable_units
 from mutations.validation import validate_mutation
 from trainer.errors import UserError
-
-if TYPE_CHECKING:
-    from mutations.sources.replay import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +104,6 @@ def _default_client() -> anthropic.Anthropic:
 
 
 def _recorder(path: str | Path | None) -> Recorder | None:
-    from mutations.sources.replay import Recorder  # here, since replay's ReplaySource builds on this module
-
     return Recorder(path) if path is not None else None
 
 

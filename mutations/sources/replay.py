@@ -12,42 +12,17 @@ asked twice) get their recorded answers in the recorded order.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from collections import deque
-from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 from anthropic.types import Message
 
 from mutations.sources._base import NoProposal
 from mutations.sources.anthropic import AnthropicSource
-from mutations.sources.cost import Usage
+from mutations.sources.recording import fingerprint
 from trainer.errors import UserError
-
-
-def fingerprint(params: dict) -> str:
-    text = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-class Recorder:
-    """Appends one JSON line per call; safe to share between threads."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-
-    def write(self, params: dict, response: Message, usage: Usage, cost_usd: float) -> None:
-        record = {"fingerprint": fingerprint(params), "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                  "usage": asdict(usage), "cost_usd": cost_usd, "request": params,
-                  "response": response.model_dump(mode="json")}
-        line = json.dumps(record, ensure_ascii=False) + "\n"
-        with self._lock, self.path.open("a") as out:
-            out.write(line)
 
 
 def _load(path: Path) -> list[dict]:

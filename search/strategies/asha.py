@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 from optuna.trial import TrialState
 
-from population.ladder import SMOKE_BUDGET, Rung
+from population.ladder import SMOKE_BUDGET, Ladder, Rung
 from population.selection import Member, select_pair, select_parent
-from population.stats import Paired, accepts, paired, spread
+from population.stats import Paired, accepts, paired, rank_correlation, spread
 from population.store import DecisionKind, Variant
 from search import children
-from search.dashboard import fidelity_rows
+from search.context import Search
 from search.evaluator import Request
 from search.knob_tuning import KnobTuner, study_name
 from search.pool import Pool
@@ -444,6 +444,23 @@ class AshaStrategy(Strategy):
         self.search.set_phase(_COMBINE)
         self._combine = Steps(self.search, Combiner(self.search, self.tuner, self.trials).run())
         return self._combine.ask()
+
+
+def fidelity_rows(variants: list[Variant], search: Search, ladder: Ladder) -> list[dict]:
+    """Spearman and Kendall between consecutive rungs, over the variants that completed both."""
+    rows = []
+    for low, high in zip(ladder.rungs, ladder.rungs[1:]):
+        pairs = []
+        for variant in variants:
+            a = search.scores(variant.id, low.budget, low.seeds)
+            b = search.scores(variant.id, high.budget, high.seeds)
+            if len(a) == len(low.seeds) and len(b) == len(high.seeds):
+                pairs.append((sum(a.values()) / len(a), sum(b.values()) / len(b)))
+        correlation = rank_correlation([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else None
+        rows.append({"low": low.label, "high": high.label, "n": len(pairs),
+                     "spearman": correlation[0] if correlation else None,
+                     "kendall": correlation[1] if correlation else None})
+    return rows
 
 
 def _last_lines(text: str, count: int = 5) -> str:
