@@ -75,6 +75,7 @@ _atoms = sa.Table(
     sa.Column("prior", sa.Text),                       # JSON {"mean", "sd", "source"}: what the proposer expected
     sa.Column("requires", sa.Text, nullable=False),    # JSON list of atom names it cannot go without
     sa.Column("group", sa.String(200), nullable=False),  # atoms of one group exclude each other (a knob's levels)
+    sa.Column("bundled", sa.Boolean, nullable=False),  # its mutation carries the changes of the atoms it requires
     sa.Column("created", sa.Float, nullable=False),
 )
 _trials = sa.Table(
@@ -135,6 +136,7 @@ class StoredAtom:
     prior: dict | None
     requires: tuple[str, ...]
     group: str
+    bundled: bool
     created: float
 
 
@@ -243,14 +245,14 @@ class Store:
 
     # ---------------------------------------------------------------- atoms
     def add_atom(self, name: str, mutation: dict, *, origin: str, description: str = "", prior: dict | None = None,
-                 requires: tuple[str, ...] = (), group: str = "") -> bool:
+                 requires: tuple[str, ...] = (), group: str = "", bundled: bool = False) -> bool:
         """Store an atom once; False when one of that name exists already."""
         with self._engine.begin() as db:
             try:
                 db.execute(sa.insert(_atoms).values(
                     name=name, mutation=json.dumps(mutation), origin=origin, description=description,
                     prior=None if prior is None else json.dumps(prior), requires=json.dumps(list(requires)),
-                    group=group, created=time.time()))
+                    group=group, bundled=bundled, created=time.time()))
             except sa.exc.IntegrityError:
                 return False
         return True
@@ -259,7 +261,7 @@ class Store:
         with self._engine.connect() as db:
             return [StoredAtom(r.name, json.loads(r.mutation), r.origin, r.description,
                                None if r.prior is None else json.loads(r.prior), tuple(json.loads(r.requires)),
-                               r.group, r.created)
+                               r.group, bool(r.bundled), r.created)
                     for r in db.execute(sa.select(_atoms).order_by(_atoms.c.created, _atoms.c.name))]
 
     # ---------------------------------------------------------------- evaluations

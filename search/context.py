@@ -131,7 +131,7 @@ class Search:
         prior = None if atom.prior is None else {"mean": atom.prior.mean, "sd": atom.prior.sd}
         return self._store.add_atom(atom.name, atom.mutation.to_dict(), origin=atom.origin,
                                     description=atom.description, prior=prior, requires=atom.requires,
-                                    group=atom.group)
+                                    group=atom.group, bundled=atom.bundled)
 
     def decide(self, variant_id: str, kind: DecisionKind, *, rung: int | None = None, reference: str | None = None,
                comparison: Paired | None = None, reason: str = "", **detail: object) -> None:

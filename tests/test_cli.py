@@ -31,7 +31,23 @@ def test_every_command_has_help_and_is_in_the_readme(name):
     assert f"search {name}" in README.read_text()
 
 
+def test_evolve_has_one_option_per_config_field_with_the_configs_default():
+    from search.config import EvolveConfig, options
+
+    params = {p.name: p for p in cli.commands["evolve"].params}
+    defaults = EvolveConfig(run_dir=Path("x"))
+    for field in options():
+        param = params[field.name]
+        assert param.help == field.metadata["help"]
+        parse = field.metadata["parse"]
+        default = parse(param.default) if parse and isinstance(param.default, str) else param.default
+        assert default == getattr(defaults, field.name), field.name
+
+
 @pytest.mark.parametrize("args, words", [
+    (["evolve", "--time", "10M"], "is not a duration"),
+    (["evolve", "--compute", "lots"], "cannot read budget"),
+    (["evolve", "--fractions", "a third"], "cannot read rung fractions"),
     (["run", "no/such/train.py"], "no such file"),
     (["run", "--dataset", "wikipedia"], "unknown dataset"),
     (["run", "--dataset", "text:/no/such/folder"], "does not exist"),

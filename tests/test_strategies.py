@@ -100,6 +100,21 @@ def test_every_strategys_run_reads_back_in_status_analysis_report_and_export(str
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_every_evaluation_and_every_decision_is_a_line_as_it_happens(strategy, task, tmp_path):
+    config = _config(tmp_path, task, strategy)
+    reporter = NullReporter()
+    Driver(config, reporter, source=synthetic.SyntheticSource(task), executor=synthetic.SyntheticExecutor(task)).run()
+    store = Store(config.storage_url())
+    evaluations, decisions = store.evaluations(), store.decisions()
+    store.close()
+    lines = reporter.lines
+    for e in evaluations:
+        assert any(line.startswith(e.variant_id[:8]) and f" seed {e.seed}" in line for line in lines)
+    assert sum(" incumbent" in line for line in lines) == sum(d.kind == DecisionKind.INCUMBENT for d in decisions)
+    assert len(lines) >= len(evaluations) + len(decisions)
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 @pytest.mark.parametrize("stop_after", [4, 13])
 def test_a_stopped_search_resumes_where_it_was_and_reruns_nothing(strategy, stop_after, task, tmp_path):
     config = _config(tmp_path, task, strategy)
