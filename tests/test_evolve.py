@@ -128,11 +128,14 @@ def test_crashed_timed_out_and_leaking_children_are_recorded_and_never_join(tmp_
     assert store.meta()["result"]["members"] == []
 
 
-def _evolve_command(run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "search", "evolve", "--run-dir", str(run_dir), "--plain", "--mutator", MOVES,
-            "--strategy", "asha", "--population", "3", "--generations", "2", "--time", "none", "--budget", "16k",
-            "--fractions", "1/4,1/2,1", "--seeds", "1,2,2", "--eta", "2", "--device", "cpu", "--workers", "2",
-            "--stack-trials", "0", "--test-seeds", "2", "--combine-max", "1", "--eval-tokens", "4096"]
+def _evolve_command(run_dir: Path, strategy: str = "asha") -> list[str]:
+    common = [sys.executable, "-m", "search", "evolve", "--run-dir", str(run_dir), "--plain", "--mutator", MOVES,
+              "--strategy", strategy, "--time", "none", "--budget", "16k", "--device", "cpu", "--workers", "2",
+              "--test-seeds", "2", "--eval-tokens", "4096"]
+    if strategy == "asha":
+        return [*common, "--population", "3", "--generations", "2", "--fractions", "1/4,1/2,1", "--seeds", "1,2,2",
+                "--eta", "2", "--stack-trials", "0", "--combine-max", "1"]
+    return [*common, "--compute", "192k"]  # 12 runs
 
 
 def _finished(store_path: Path) -> dict[int, tuple]:
@@ -146,24 +149,25 @@ def _finished(store_path: Path) -> dict[int, tuple]:
         store.close()
 
 
-def test_a_search_killed_with_sigkill_resumes_without_losing_or_rerunning_anything(tmp_path):
+@pytest.mark.parametrize("strategy, kill_after", [("asha", 8), ("additive", 5)])
+def test_a_search_killed_with_sigkill_resumes_without_losing_or_rerunning_anything(strategy, kill_after, tmp_path):
     run_dir = tmp_path / "run"
     database = run_dir / "evotrain.db"
-    process = subprocess.Popen(_evolve_command(run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(_evolve_command(run_dir, strategy), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 300
-        while len(_finished(database)) < 8 and time.time() < deadline and process.poll() is None:
+        while len(_finished(database)) < kill_after and time.time() < deadline and process.poll() is None:
             time.sleep(0.5)
     finally:
         os.kill(process.pid, signal.SIGKILL)  # mid-flight: evaluations are running
         process.wait()
     before = _finished(database)
-    assert len(before) >= 8, process.stdout.read().decode()[-2000:]
+    assert len(before) >= kill_after, process.stdout.read().decode()[-2000:]
     store = Store(f"sqlite:///{database}")
     interrupted = [e for e in store.evaluations() if e.status == "running"]
     store.close()
 
-    resumed = subprocess.run(_evolve_command(run_dir), capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(_evolve_command(run_dir, strategy), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stderr
     after = _finished(database)

@@ -87,6 +87,9 @@ def test_every_strategys_run_reads_back_in_status_analysis_report_and_export(str
     assert "evotrain report" in write(run, tmp_path / "report.html").read_text()
     status = CliRunner().invoke(cli, ["status", str(config.run_dir), "--format", "json"])
     assert status.exit_code == 0 and json.loads(status.output)["state"] == "finished"
+    if result["ablation"]:
+        ablate = CliRunner().invoke(cli, ["ablate", str(config.run_dir), "--format", "json"])
+        assert ablate.exit_code == 0 and {r["atom"] for r in json.loads(ablate.output)[:-1]} == set(result["members"])
     if result["stack"] != variants[meta["baseline"]["id"]].id:
         assert result["test_delta"]["n"] == 2
         patch = tmp_path / "best.patch"
@@ -184,3 +187,24 @@ def test_additive_asks_a_one_at_a_time_source_for_new_changes_on_top_of_the_incu
 def test_tpe_needs_every_change_up_front(task, tmp_path):
     with pytest.raises(UserError, match="every change up front"):
         _run(_config(tmp_path, task, "tpe"), task, source=_OneAtATime(task))
+
+
+def test_additive_screens_with_short_runs_only_while_they_rank_like_full_ones(task, tmp_path):
+    from dataclasses import replace
+
+    config = replace(_config(tmp_path, task, "additive", runs=36), fractions=(0.25, 1.0), seeds=(1, 4))
+    reporter = NullReporter()
+    Driver(config, reporter, source=synthetic.SyntheticSource(task), executor=synthetic.SyntheticExecutor(task)).run()
+    store = Store(config.storage_url())
+    screens = [e for e in store.evaluations() if e.purpose == "screen"]
+    decisions = store.decisions()
+    fidelity = store.meta()["strategy.fidelity"][0]
+    store.close()
+    assert screens and {e.budget for e in screens} == {"75k"}
+    assert any(d.kind == DecisionKind.PROMOTED for d in decisions)
+    assert fidelity["low"] == "75k" and fidelity["high"] == "300k" and fidelity["n"] >= 3
+    stops = [line for line in reporter.lines if line.startswith("short runs stop")]
+    if stops:  # the correlation it stopped on was weak
+        assert float(stops[0].split("Spearman ")[1].split(" ")[0]) < 0.6
+    else:
+        assert fidelity["n"] < 6 or fidelity["spearman"] >= 0.6

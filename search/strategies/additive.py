@@ -44,6 +44,7 @@ from search.evaluator import Request
 from search.snapshot import MemberView
 from search.stacks import best_stack, flips
 from search.strategies._base import Outcome, Program, Signal, Steps, Strategy, View
+from search.strategies.screening import Screen
 from trainer.errors import UserError
 from trainer.result import EvalResult
 
@@ -66,7 +67,7 @@ NEW = "<new change>"    # the next change an LLM would propose, before it is ask
 
 class AdditiveStrategy(Strategy):
     name = "additive"
-    default_ladder = ((1.0,), (4,))   # the full budget only; seeds rotate over 4
+    default_ladder = ((1.0,), (4,))   # the full budget only, seeds rotating over 4; a lower rung screens (screening.py)
 
     def __init__(self, search) -> None:
         super().__init__(search)
@@ -75,6 +76,7 @@ class AdditiveStrategy(Strategy):
         self.budget = search.top_budget
         self.seeds = search.ladder.top.seeds
         self.base = search.baseline
+        self.screen = Screen(search, search.ladder.rungs[0]) if len(search.ladder.rungs) > 1 else None
         self.atoms = Atoms(self.base.source)
         self.knobs: dict[str, Knob] = {k.name: k for k in extract_knobs(self.base.source, config.device_kind)}
         self.dead: set[str] = set()                  # atoms whose runs failed
@@ -109,7 +111,10 @@ class AdditiveStrategy(Strategy):
             return self._run(frozenset()) if not self._running(frozenset()) else Signal.WAIT
         self._enumerate()
         posterior = self._fit()
-        chosen = best_stack(posterior.draw(self.rng), self._pool(), self.atoms, self.forbidden)
+        promoted = self._screened(posterior)
+        if promoted is not None:
+            return promoted
+        chosen = best_stack(posterior.draw(self.rng), self._pool(), self.atoms, self.forbidden | self._in_screen())
         if chosen - self._active():
             tried = self._try(chosen)
             if tried is not None:
@@ -163,7 +168,8 @@ class AdditiveStrategy(Strategy):
         stacks = {}
         for request, result in self.search.finished():
             stack = self._stack_of(request.variant)
-            if stack is not None and request.split == "val" and result.status.is_ok() and stack not in stacks:
+            if stack is not None and request.split == "val" and request.budget == self.budget \
+                    and result.status.is_ok() and stack not in stacks:
                 stacks[stack] = request.variant
         ranked = sorted(stacks, key=lambda s: posterior.contrast(s)[0])[:self.search.config.population]
         members = []
@@ -173,7 +179,7 @@ class AdditiveStrategy(Strategy):
             members.append(MemberView(stacks[stack][:8], "stack", " + ".join(_short(a) for a in sorted(stack))[:80]
                                       or "the baseline", sum(scores.values()) / len(scores), mean, mean - 1.96 * sd,
                                       mean + 1.96 * sd, len(scores)))
-        return View(population=members, noise=self.search.noise())
+        return View(population=members, noise=self.search.noise(), fidelity=self.search.recall("fidelity", []))
 
     # ================================================================ the model
     def _observations(self) -> list[Observation]:
@@ -277,6 +283,12 @@ class AdditiveStrategy(Strategy):
         """A run of the stack on a seed it has not run on: one the compared stack ran on if any, else the seed with
         the fewest runs so far."""
         used = self._seeds_of(stack)
+        if purpose == "search" and not used and stack and self.screen is not None and self.screen.active:
+            variant = self._variant(stack).id
+            if not self.screen.screened(variant):
+                request = self.screen.request(variant, self._variant(self._best(self._fit(), BUILD_ON)).id)
+                if request is not None:
+                    return request
         free = [s for s in self.seeds if s not in used]
         if not free:
             raise RuntimeError(f"stack {sorted(stack)} ran on every seed already")
@@ -286,9 +298,42 @@ class AdditiveStrategy(Strategy):
                 counts[request.seed] += 1
         paired = [s for s in free if s in prefer]
         seed = min(paired or free, key=lambda s: (counts[s], s))
-        if purpose == "search" and not used:
+        if purpose in ("search", "promoted") and not used:
             self.search.count_child()
-        return Request(self._variant(stack).id, self.budget, seed, purpose=purpose)
+        return Request(self._variant(stack).id, self.budget, seed, purpose="search" if purpose == "promoted" else purpose)
+
+    def _in_screen(self) -> set[frozenset[str]]:
+        """Stacks whose short run is running or waits for its verdict: not to be picked again meanwhile."""
+        if self.screen is None:
+            return set()
+        found = set()
+        for variant in self.search.variants():
+            stack = self._stack_of(variant.id)
+            if stack and self.screen.pending(variant.id):
+                found.add(stack)
+        return found
+
+    def _screened(self, posterior: Posterior) -> Request | None:
+        """The full run of a stack whose short run passed the screen; those that failed it are not run again."""
+        if self.screen is None:
+            return None
+        self.search.remember("fidelity", self.screen.measure(self.search.ladder.top))
+        decided = {d.variant_id for d in self.search.decisions() if d.kind in (DecisionKind.PROMOTED,
+                                                                             DecisionKind.REJECTED)}
+        reference = self._variant(self._best(posterior, BUILD_ON)).id
+        for request, _ in self.search.finished():
+            stack = self._stack_of(request.variant)
+            if request.purpose != "screen" or stack is None or self._seeds_of(stack) or request.variant == reference:
+                continue
+            if request.variant in decided:
+                verdict = any(d.kind == DecisionKind.PROMOTED for d in self.search.decisions(request.variant))
+            else:
+                verdict = self.screen.verdict(request.variant, reference, 2 * posterior.noise_sd)
+            if verdict is False:
+                self.forbidden.add(stack)
+            elif verdict is True and not any(r.variant == request.variant for r in self.search.in_flight()):
+                return self._run(stack, purpose="promoted")
+        return None
 
     # ================================================================ new changes
     def _levels(self) -> dict[str, list[str]]:
