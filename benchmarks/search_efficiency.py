@@ -7,7 +7,8 @@
     .venv/bin/python benchmarks/search_efficiency.py synthetic --quick --out /tmp/quick.csv
 
     # the real task: the CPU baseline, the catalog, real sandboxed runs (hours on 2 cores)
-    .venv/bin/python benchmarks/search_efficiency.py real --compute 6M --out benchmarks/results/search_efficiency_real.csv
+    .venv/bin/python benchmarks/search_efficiency.py real --compute 6M \
+        --out benchmarks/results/search_efficiency_real.csv
 
 Every strategy runs through `search evolve`'s own driver (search/driver.py) with `--compute`:
 the same training tokens for each, and each spends them (a strategy that stops early is

@@ -75,5 +75,6 @@ class Ladder:
 
     @classmethod
     def from_dict(cls, data: dict) -> Ladder:
-        rungs = tuple(Rung(i, Budget.parse(b), tuple(s)) for i, (b, s) in enumerate(zip(data["budgets"], data["seeds"])))
+        rungs = tuple(Rung(i, Budget.parse(budget), tuple(seeds))
+                      for i, (budget, seeds) in enumerate(zip(data["budgets"], data["seeds"])))
         return cls(rungs, data["eta"], data["base_seed"])

@@ -217,7 +217,8 @@ class Driver:
         config, estimates = self.config, []
         if config.compute_limit is not None and config.compute_limit.unit is config.top_budget.unit:
             estimates.append((config.compute_limit.amount - self.compute_committed()) / config.top_budget.amount)
-        walls = [r.wall_seconds for q, r in self.evaluator.items() if q.split == "val" and q.budget == config.top_budget]
+        walls = [r.wall_seconds for q, r in self.evaluator.items()
+                 if q.split == "val" and q.budget == config.top_budget]
         if config.time_limit is not None and walls:
             pace = sum(walls) / len(walls) / len(self.executor.slots)  # seconds per run with every slot busy
             estimates.append((config.time_limit - self.search_seconds) / pace)
@@ -229,7 +230,8 @@ class Driver:
         """Compute of every non-test evaluation, finished or running, in --compute's unit (tokens, or seconds)."""
         unit = self.config.compute_limit.unit if self.config.compute_limit else BudgetUnit.TOKENS
         done = sum(_compute(result, unit) for request, result in self.evaluator.items() if request.split != "test")
-        running = sum(r.budget.amount for r in self.evaluator.in_flight() if r.split != "test" and r.budget.unit is unit)
+        running = sum(r.budget.amount for r in self.evaluator.in_flight()
+                      if r.split != "test" and r.budget.unit is unit)
         return done + running
 
     def _record_incumbent(self) -> None:
@@ -267,8 +269,8 @@ class Driver:
             remaining = max(0.0, self.config.time_limit - self.search_seconds) if self.phase == "search" else 0.0
         meta = self.store.meta()
         snapshot = build_snapshot(
-            run=str(self.config.run_dir), phase="stopped" if stopped else self.phase, elapsed=time.time() - self.started,
-            remaining=remaining,
+            run=str(self.config.run_dir), phase="stopped" if stopped else self.phase,
+            elapsed=time.time() - self.started, remaining=remaining,
             children=self.limits.children,
             children_limit=self.config.generations * self.config.population if self.config.generations else None,
             slots=running_slots(self.executor, self.evaluator, self.variants), finished=self.evaluator.finished(),

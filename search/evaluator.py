@@ -31,7 +31,7 @@ class Request:
     seed: int
     split: str = "val"
     purpose: str = ""        # shown in progress and costed apart: "search", "confirm", "rung 1", "smoke", "test", ...
-    prune_against: str | None = None  # stop the run early when its probes fall behind this variant's (same budget, seed)
+    prune_against: str | None = None  # stop it early when its probes fall behind this variant's (same budget, seed)
 
     @property
     def key(self) -> tuple[str, str, int, str]:

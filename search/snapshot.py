@@ -45,7 +45,7 @@ class MemberView:
 @dataclass(frozen=True)
 class Snapshot:
     run: str
-    phase: str                              # search (or a strategy's own stage: noise, combine, confirm), test, done, stopped
+    phase: str                              # search (or a strategy's stage: noise, combine, confirm), test, done, stopped
     elapsed: float                          # seconds since the search started (all sessions)
     remaining: float | None                 # seconds of search phase left, None without a time limit
     children: int                           # children proposed so far

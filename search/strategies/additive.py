@@ -153,9 +153,10 @@ class AdditiveStrategy(Strategy):
         members = [self.atoms.by_name[a] for a in sorted(answer, key=lambda a: posterior.effect(a)[0])]
         model = {}
         for atom in members:
-            alone, rest = posterior.effect(atom.name), posterior.contrast(answer, answer - self._dependents(atom.name, answer))
-            model[atom.name] = {"add_one": _interval(*alone), "leave_one_out": _interval(*rest),
-                                "p_helps": posterior.prob_better(answer, answer - self._dependents(atom.name, answer))}
+            without = answer - self._dependents(atom.name, answer)
+            model[atom.name] = {"add_one": _interval(*posterior.effect(atom.name)),
+                                "leave_one_out": _interval(*posterior.contrast(answer, without)),
+                                "p_helps": posterior.prob_better(answer, without)}
         rows = ablation.rows(self.search, stack, ablation.variants(self.search, members, stack),
                              {a: m["leave_one_out"]["mean"] for a, m in model.items()}, model)
         estimate = posterior.contrast(answer)
@@ -220,7 +221,7 @@ class AdditiveStrategy(Strategy):
             return Prior(atom.prior.mean, max(atom.prior.sd or 0.0, 0.1 * scale))
         if atom.origin == "knob":
             return Prior(0.0, KNOB_SHARE * scale)
-        return Prior(0 * scale, scale)
+        return Prior(UNMEASURED_MEAN * scale, scale)  # a change nobody measured: most such changes do not help
 
     def _new_change_mean(self) -> float:
         """What the source's next change is expected to do: its earlier changes' mean effect, shrunk towards 0."""
@@ -300,7 +301,8 @@ class AdditiveStrategy(Strategy):
         seed = min(paired or free, key=lambda s: (counts[s], s))
         if purpose in ("search", "promoted") and not used:
             self.search.count_child()
-        return Request(self._variant(stack).id, self.budget, seed, purpose="search" if purpose == "promoted" else purpose)
+        shown = "search" if purpose == "promoted" else purpose
+        return Request(self._variant(stack).id, self.budget, seed, purpose=shown)
 
     def _in_screen(self) -> set[frozenset[str]]:
         """Stacks whose short run is running or waits for its verdict: not to be picked again meanwhile."""
