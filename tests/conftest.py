@@ -47,15 +47,19 @@ def tiny_script(forward: str = "return self.head(self.emb(idx))", keep_going: st
 
 def launcher_processes(parent: psutil.Process | None = None, role: str = "train") -> list[psutil.Process]:
     """The `python -m trainer.launch ROLE` interpreters under `parent` (default: this test process), waiting
-    or running (not the `unshare` that starts each inside its namespaces)."""
+    or running: one per sandbox (not the `unshare` that starts it, nor the interpreter that PID 1 forks)."""
     found = []
     for child in (parent or psutil.Process()).children(recursive=True):
         try:
-            if child.cmdline()[1:4] == ["-m", "trainer.launch", role]:
+            if _is_launcher(child, role) and not _is_launcher(child.parent(), role):
                 found.append(child)
         except psutil.Error:
             continue
     return found
+
+
+def _is_launcher(process: psutil.Process | None, role: str) -> bool:
+    return process is not None and process.cmdline()[1:4] == ["-m", "trainer.launch", role]
 
 
 def wait_gone(processes: list[psutil.Process], timeout_s: float = 60) -> list[psutil.Process]:

@@ -61,10 +61,12 @@ def test_a_spare_that_died_while_waiting_is_replaced_by_a_fresh_process(make_spe
     spec = make_spec("4k")
     with Spares() as spares:
         spares.replenish(spec.device, spec.threads)
+        assert spares.wait_ready(spec.device, spec.threads, timeout_s=300)
         spare = launcher_processes()
+        tree = [*spare, *(child for process in spare for child in process.children(recursive=True))]
         for process in spare:
-            process.kill()
-        psutil.wait_procs(spare, timeout=30)  # dead before the run asks for it (a kill takes effect later)
+            process.kill()  # PID 1 of its namespace: the kernel ends the rest
+        assert not wait_gone(tree)  # dead before the run asks for it (a kill takes effect later)
         result = run_variant(tiny_script(), spec, timeout_s=120, spares=spares)
     assert result.status is Status.OK, result.message + result.log_tail
 

@@ -82,7 +82,7 @@ def run_compat(source: str, spec: RunSpec, watch: Watch, *, log_path: Path | Non
             reply(child, {"type": "job"}, fds=[log_fd])
             converse(child, watch, lambda header, payload: False, max_payload=0)
             child.kill()
-            returncode = child.process.wait()
+            returncode = child.wait()
             log_tail = tail(log) or tail(child.log_path)
             oom = child.group is not None and child.group.oom_killed()
     finally:

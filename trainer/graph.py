@@ -71,7 +71,7 @@ def export_model(model: torch.nn.Module, example: torch.Tensor) -> tuple[dict, b
             inputs.append({"name": spec.arg.name, "user": True})
             continue
         tensor = state[spec.target].detach().to("cpu").contiguous()
-        data = tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        data = tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
         tensors.append({"dtype": str(tensor.dtype).removeprefix("torch."), "shape": list(tensor.shape),
                         "offset": sum(map(len, chunks)), "nbytes": len(data)})
         chunks.append(data)

@@ -124,6 +124,28 @@ def enter(view: View, new_root: str = "/tmp/.evotrain-root") -> None:
     _drop_privileges()
 
 
+def become_init() -> None:
+    """Stay behind as the namespace's PID 1, a tiny reaper, and return in a forked child that carries on.
+
+    When the child ends, PID 1 exits with its status (128 + the signal if it was killed), which
+    `unshare` passes on: util-linux's own relaying of a child's signal fails ("sigprocmask unblock
+    failed"), and the runner needs to tell a kill (the kernel's OOM killer's, say) from a crash.
+    The fork is cheap here: nothing but the standard library is loaded yet."""
+    child = os.fork()
+    if child == 0:
+        return
+    while True:
+        pid, status = os.waitpid(-1, 0)  # every orphan in the namespace is ours to reap
+        if pid == child:
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(128 - code if code < 0 else code)
+
+
+def exit_code(code: int) -> int:
+    """A sandboxed process's exit code as Popen reports one: negative signal numbers for kills."""
+    return code - 128 if code > 128 else code
+
+
 def _bind(source: str, target: str, writable: bool) -> None:
     if os.path.islink(source):  # /lib -> usr/lib on merged-/usr systems: the same link, not a mount
         os.makedirs(os.path.dirname(target), exist_ok=True)

@@ -249,7 +249,7 @@ def _train(child: Child, source: str, spec: RunSpec, dataset: PreparedDataset, c
     if training.model is None and training.cpu_at_first_batch is not None:
         training.cpu_seconds = child.cpu_seconds() - training.cpu_at_first_batch
     child.kill()
-    training.returncode = child.process.wait()
+    training.returncode = child.wait()
     training.oom_killed = child.group is not None and child.group.oom_killed()
     if child.group is not None:
         training.peak_memory_mb = training.peak_memory_mb or child.group.peak_memory_mb()

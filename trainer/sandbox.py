@@ -43,6 +43,8 @@ _ALLOWED = re.compile(
 _SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE|SESSION", re.IGNORECASE)
 START_LOG = "log.txt"  # in the scratch folder: a child's output until its run hands it another log
 MAX_PROCESSES = 1024   # per run (threads count): torch's pools, inductor's compile workers
+_ADDRESS_SPACE_HEADROOM_MB = 1024  # torch maps ~0.6 GB of virtual memory it never touches
+MAX_FILE_BYTES = 4 << 30  # largest file a run may write (its log, its scratch): a full disk stops everyone
 
 
 def scrubbed_env(scratch: Path, threads: int, compile_cache: Path | None, keep_home: bool = False) -> dict[str, str]:
@@ -86,6 +88,7 @@ class Child:
     """One sandboxed interpreter: its process, scratch folder, socket and (once confined) cgroup."""
 
     role: str
+    device: str
     process: subprocess.Popen  # `unshare` when isolated, else the interpreter itself
     scratch: Path
     sock: socket.socket        # the runner's end of the socketpair
@@ -127,11 +130,19 @@ class Child:
             return []
 
     def confine(self, memory_mb: int) -> None:
-        """Put the whole tree in a fresh cgroup with these limits; called before it runs any variant code."""
+        """Put the whole tree in a fresh cgroup with these limits, and cap the size of the files it writes;
+        called before it runs any variant code. Without a cgroup, CPU runs get an address-space limit."""
         self.group = RunGroup.create(memory_mb, MAX_PROCESSES)
-        if self.group is not None:
-            for process in self.tree():
-                self.group.add(process.pid)
+        for process in self.tree():
+            try:
+                if self.group is not None:
+                    self.group.add(process.pid)
+                process.rlimit(psutil.RLIMIT_FSIZE, (MAX_FILE_BYTES, MAX_FILE_BYTES))
+                if self.group is None and self.device == "cpu":  # CUDA maps huge virtual ranges: never there
+                    limit = (memory_mb + _ADDRESS_SPACE_HEADROOM_MB) << 20
+                    process.rlimit(psutil.RLIMIT_AS, (limit, limit))
+            except (psutil.Error, OSError):
+                continue  # already gone: the runner reports how it ended
         self._baseline_cpu = self._tree_cpu_seconds()
 
     def cpu_seconds(self) -> float:
@@ -177,6 +188,11 @@ class Child:
             except psutil.Error:
                 continue
 
+    def wait(self) -> int:
+        """Its exit code, a negative signal number when it was killed (inside its namespaces too)."""
+        code = self.process.wait()
+        return isolation.exit_code(code) if self.isolation == isolation.NAMESPACES else code
+
     def discard(self) -> None:
         """Kill it (if it still runs) and remove everything it left; a second call does nothing."""
         if self.sock.fileno() == -1:
@@ -213,7 +229,7 @@ def start_child(role: str, device: str, threads: int, *, files: dict[str, str] |
         raise
     finally:
         child_end.close()
-    return Child(role, process, scratch, runner_end, level)
+    return Child(role, device, process, scratch, runner_end, level)
 
 
 def _view(scratch: Path, device: str, keep_home: bool) -> isolation.View:

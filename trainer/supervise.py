@@ -141,8 +141,11 @@ def run_log(log_path: Path | None) -> Iterator[tuple[Path, int]]:
 
 
 def tail(log_path: Path) -> str:
+    """The log's last lines (read from its end: a variant decides how long its log is)."""
     try:
-        text = log_path.read_bytes()[-_LOG_TAIL_CHARS * 4 :].decode("utf-8", errors="replace")
+        with open(log_path, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - _LOG_TAIL_CHARS * 4))
+            text = log.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-_LOG_TAIL_LINES:])[-_LOG_TAIL_CHARS:]
