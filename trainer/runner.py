@@ -35,7 +35,6 @@ from trainer.compat import run_compat, uses_runtime
 from trainer.compute import Compute, measure
 from trainer.datasets import PreparedDataset, prepare
 from trainer.errors import UserError
-from trainer.isolation import NAMESPACES
 from trainer.plan import PlanError, plan_frame, plan_sizes, scoring_plan
 from trainer.protocol import reported_number
 from trainer.result import CurvePoint, EvalResult, Status
@@ -43,6 +42,7 @@ from trainer.sandbox import Child, isolation_level, start_child
 from trainer.spares import Spares
 from trainer.spec import DEFAULT_PROBES, PROFILES, RunSpec
 from trainer.supervise import Watch, converse, exit_status, reply, run_log, tail
+from trainer.trust import TrustPolicy, check_machine
 
 _SMOKE_EVAL_TOKENS = 1024
 _CURVE_FIELDS = ("progress", "step", "tokens", "seconds", "val_bpb", "train_loss")
@@ -130,11 +130,8 @@ def run_variant(
     run; its status is then pruned. With `spares`, the run takes waiting interpreters and leaves
     fresh ones for the next run. `require_isolation` refuses to run without namespaces.
     """
+    check_machine(TrustPolicy(require_isolation=require_isolation))
     level = isolation_level()
-    if require_isolation and level != NAMESPACES:
-        raise UserError("this machine cannot isolate variants (user, PID, mount and network namespaces through "
-                        "util-linux unshare failed); run on Linux with user namespaces enabled, or drop "
-                        "--require-isolation to accept the process sandbox")
     watch = Watch.starting_now(timeout_s, memory_mb or default_memory_mb(), stop)
     if (not uses_runtime(source)) if compat is None else compat:
         return run_compat(source, spec, watch, log_path=log_path, support=support or {}, isolation=level)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from trainer.isolation import NAMESPACES
+from trainer.errors import UserError
+from trainer.isolation import NAMESPACES, namespaces_available
 from trainer.result import EvalResult, Status
 
 
@@ -18,6 +19,14 @@ from trainer.result import EvalResult, Status
 class TrustPolicy:
     allow_untrusted: bool = False    # accept scores printed by the scripts themselves (--compat)
     require_isolation: bool = False  # refuse results not isolated in namespaces (--require-isolation)
+
+
+def check_machine(policy: TrustPolicy) -> None:
+    """Refuse at once, before anything runs, a policy this machine cannot meet."""
+    if policy.require_isolation and not namespaces_available():
+        raise UserError("--require-isolation: this machine cannot isolate variants (user, PID, mount and network "
+                        "namespaces through util-linux unshare failed); run on Linux with user namespaces enabled, "
+                        "or drop --require-isolation to accept the process sandbox")
 
 
 def admit(result: EvalResult, policy: TrustPolicy) -> EvalResult:
