@@ -1,7 +1,10 @@
 """The sandboxed runner: real subprocesses, each ending the way a variant can end."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -235,3 +238,14 @@ def test_smoke_runs_validate_at_least_one_row_of_the_devices_context(device):
 
     spec = for_smoke(RunSpec.for_device(device, budget=Budget.parse("1tok"), seed=0, dataset_root="unused"))
     assert spec.profile.eval_tokens >= spec.profile.seq_len
+
+
+def test_a_script_run_by_hand_hands_itself_to_the_runner_and_prints_the_result(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(tiny_script())
+    env = {**os.environ, "EVOTRAIN_BUDGET": "4k", "EVOTRAIN_DEVICE": "cpu"}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = next(line for line in done.stderr.splitlines() if line.startswith("[evotrain result] "))
+    result = json.loads(line.removeprefix("[evotrain result] "))
+    assert result["status"] == "ok" and result["tokens"] >= 4000 and result["isolation"]

@@ -78,9 +78,13 @@ class BatchServer:
         return {"progress": round(min(self.progress(), 1.0), 4), "step": self.steps, "tokens": self.tokens,
                 "seconds": round(self.training_seconds, 3)}
 
+    def since_last_step(self) -> float:
+        """Seconds since the last step (or probe) closed: at the model's arrival, its export and handover."""
+        return self._clock() - self._mark
+
     def finish_gap(self) -> str | None:
         """Why the model came too late after the last step (work after training is not measured), or None."""
-        gap = self._clock() - self._mark
+        gap = self.since_last_step()
         grace = max(_FINISH_GRACE_SECONDS, _FINISH_GRACE_FRACTION * self.training_seconds)
         if self.steps and gap > grace:
             return (f"{gap:.1f}s passed between the last runtime.step() and finish() (allowed {grace:.1f}s): "

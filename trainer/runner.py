@@ -190,6 +190,7 @@ class _Training:
     failure: tuple[Status, str] | None = None       # the variant's own report of how it ended
     startup_seconds: float = 0.0                    # from the handover of the run to its first batch
     cpu_at_first_batch: float | None = None
+    export_seconds: float = 0.0                     # from the last step to the model's arrival
     cpu_seconds: float = 0.0                        # of the whole tree, from its first batch to its model
     peak_memory_mb: float = 0.0
     returncode: int | None = None
@@ -226,6 +227,7 @@ def _train(child: Child, source: str, spec: RunSpec, dataset: PreparedDataset, c
             return False
         if kind == "model":
             training.model = (header.get("graph"), payload)
+            training.export_seconds = server.since_last_step()
             training.cpu_seconds = child.cpu_seconds() - (training.cpu_at_first_batch or 0.0)
             training.peak_memory_mb = reported_number(header.get("peak_memory_mb")) or 0.0
             late = server.finish_gap()
@@ -266,6 +268,7 @@ def _score(child: Child, training: _Training, spec: RunSpec, dataset: PreparedDa
            "vocab_size": dataset.vocab_size, "token_bytes": dataset.token_bytes().tolist(),
            "tolerance": profile.check_tolerance}
     answer: dict = {}
+    handed = time.perf_counter()
     for header, payload, fds in ((job, b"", [log_fd]), ({"type": "weights"}, weights, []), (*plan_frame(plan), [])):
         if not reply(child, header, payload, fds):
             return {"scorer_log": tail(child.log_path)}  # it died before it was handed the work: its log says why
@@ -278,7 +281,8 @@ def _score(child: Child, training: _Training, spec: RunSpec, dataset: PreparedDa
 
     converse(child, watch, handle, max_payload=0)
     answer.setdefault("scorer_log", tail(child.log_path))
-    return {**answer, "scored_rows": plan.scored_rows, "check_rows": plan.check_rows}
+    return {**answer, "scored_rows": plan.scored_rows, "check_rows": plan.check_rows,
+            "scoring_seconds": time.perf_counter() - handed}
 
 
 # ---------------------------------------------------------------- 4. judge
@@ -296,9 +300,10 @@ def _judge(spec: RunSpec, training: _Training, score: dict, watch: Watch, wall: 
     if status is Status.OK:
         metrics["val_bpb"] = score["nats"] / (math.log(2) * score["bytes"])
     extra = {k: v for k, v in training.start.items() if k != "device"}
-    extra.update(startup_seconds=training.startup_seconds, peak_rss_mb=round(watch.peak_rss_mb, 1))
-    extra.update({k: score[k] for k in ("eval_seconds", "deviation", "compared", "scored_rows", "check_rows",
-                                        "flops_per_token", "forward_seconds_per_token") if k in score})
+    extra.update(startup_seconds=training.startup_seconds, export_seconds=training.export_seconds,
+                 peak_rss_mb=round(watch.peak_rss_mb, 1))
+    extra.update({k: score[k] for k in ("scoring_seconds", "eval_seconds", "deviation", "compared", "scored_rows",
+                                        "check_rows", "flops_per_token", "forward_seconds_per_token") if k in score})
     if compute is not None:
         extra["compute_ratio"] = round(compute.ratio, 3)
     return EvalResult(status=status, message=message, curve=tuple(training.curve), wall_seconds=wall,
