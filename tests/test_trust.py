@@ -34,7 +34,7 @@ def test_the_search_stores_a_printed_score_as_invalid_unless_compatibility_mode_
 
 
 def test_a_policy_the_machine_cannot_meet_is_refused_before_anything_runs(tmp_path, make_spec, monkeypatch):
-    monkeypatch.setattr("trainer.trust.namespaces_available", lambda: False)
+    monkeypatch.setattr("trainer.isolation.namespaces_available", lambda: False)
     store = Store.in_run_dir(tmp_path)
     with LocalExecutor([Slot("cpu", 1)]) as executor, pytest.raises(UserError, match="--require-isolation"):
         Evaluator(store, executor, make_spec(), tmp_path, trust=TrustPolicy(require_isolation=True))

@@ -78,6 +78,7 @@ def run_compat(source: str, spec: RunSpec, watch: Watch, *, log_path: Path | Non
     child = start_child("compat", spec.device, spec.threads, files={**support, "train.py": source}, keep_home=True)
     try:
         with run_log(log_path) as (log, log_fd):
+            child.wait_ready(watch.remaining())
             child.confine(watch.memory_mb)
             reply(child, {"type": "job"}, fds=[log_fd])
             converse(child, watch, lambda header, payload: False, max_payload=0)

@@ -212,6 +212,7 @@ def _train(child: Child, source: str, spec: RunSpec, dataset: PreparedDataset, c
     training = _Training(BatchServer(spec, dataset.tokens("train"), emit), curve=curve)
     server = training.server
     (child.scratch / "train.py").write_text(source)
+    child.wait_ready(watch.remaining())  # its whole tree exists now: it all goes into the cgroup
     child.confine(watch.memory_mb)
     config = spec.session_config(dataset.vocab_size, dataset.token_bytes().tolist())
     handed = time.perf_counter()
@@ -263,6 +264,7 @@ def _score(child: Child, training: _Training, spec: RunSpec, dataset: PreparedDa
     plan = scoring_plan(dataset.tokens(spec.split), profile.seq_len, profile.eval_tokens, profile.check_rows,
                         profile.eval_batch_rows, np.random.default_rng(secrets.randbits(128)))  # secret cuts
     description, weights = training.model
+    child.wait_ready(watch.remaining())
     child.confine(watch.memory_mb)
     job = {"type": "job", "graph": description, "threads": spec.threads, "dtype": profile.dtype,
            "vocab_size": dataset.vocab_size, "token_bytes": dataset.token_bytes().tolist(),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from trainer.errors import UserError
-from trainer.isolation import NAMESPACES, namespaces_available
+from trainer import isolation
 from trainer.result import EvalResult, Status
 
 
@@ -23,7 +23,7 @@ class TrustPolicy:
 
 def check_machine(policy: TrustPolicy) -> None:
     """Refuse at once, before anything runs, a policy this machine cannot meet."""
-    if policy.require_isolation and not namespaces_available():
+    if policy.require_isolation and not isolation.namespaces_available():
         raise UserError("--require-isolation: this machine cannot isolate variants (user, PID, mount and network "
                         "namespaces through util-linux unshare failed); run on Linux with user namespaces enabled, "
                         "or drop --require-isolation to accept the process sandbox")
@@ -34,7 +34,7 @@ def admit(result: EvalResult, policy: TrustPolicy) -> EvalResult:
     if not result.trusted and not policy.allow_untrusted:
         return _refused(result, "untrusted result refused: the script printed its own score (compatibility mode); "
                                 "use the runtime (from trainer import runtime), or pass --compat to accept such scores")
-    if policy.require_isolation and result.isolation != NAMESPACES:
+    if policy.require_isolation and result.isolation != isolation.NAMESPACES:
         return _refused(result, f"result refused: it ran with isolation={result.isolation or 'unknown'}, and "
                                 "--require-isolation asks for namespaces")
     return result
