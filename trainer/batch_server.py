@@ -57,7 +57,7 @@ class BatchServer:
         self.tokens = self.timed_tokens = self.batches = self.steps = 0
         self.training_seconds = 0.0
         self.first_batch_at: float | None = None
-        self.declared_flops: float | None = None  # forward FLOPs per token, declared at the first step (FLOP budgets)
+        self.declared_flops: float | None = None  # forward FLOPs per token the runtime declares at the first step
         self._mark = 0.0              # end of the last accounted interval
         self._step_open = False
         self._step_batches = self._step_tokens = 0

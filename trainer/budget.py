@@ -4,9 +4,10 @@ Written as `30s`, `2min`, `1h` (seconds), `500k`, `2M`, `1G`, `600000tok` (token
 `300Gflop`, `1e15flop` (FLOPs). `5m` is refused as ambiguous: minutes and mega-tokens look alike.
 
 A FLOP budget matches compute rather than data: the runner charges every served token 3x the
-forward FLOPs per token of the variant's own model (forward and backward, Kaplan et al. 2020),
-which the trusted scorer counts on the exported model (trainer/scorer.py). A bigger model gets
-fewer tokens, where a token budget hands it more compute for free.
+forward FLOPs per token of the variant's own model (forward and backward, Kaplan et al. 2020), as
+the runtime declares them at the first step; the trusted scorer counts them itself on the exported
+model, and a run that declared less is over budget. A bigger model gets fewer tokens, where a
+token budget hands it more compute for free (benchmarks/compute_unit.py).
 """
 from __future__ import annotations
 

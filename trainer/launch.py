@@ -26,7 +26,8 @@ _ROLES = ("train", "score", "compat")
 def _prepare(device: str, role: str) -> None:
     """What every run on `device` pays before its first batch (or the scorer before its first call), done
     before the job arrives: torch.optim imports torch._dynamo (1.5 s on CPU), the first torch.export
-    another second, the scorer's first FLOP count 0.7 s; CUDA needs its context and compiler."""
+    another second; CUDA needs its context and compiler. (The scorer leaves out torch._dynamo, which
+    it needs only to count FLOPs for a FLOP budget: 0.9 s of CPU per evaluation otherwise.)"""
     import torch
 
     if role == "train":
@@ -35,12 +36,6 @@ def _prepare(device: str, role: str) -> None:
         from trainer.graph import export_model
 
         export_model(torch.nn.Linear(2, 2), torch.zeros(1, 2))  # loads the exporter's lazy modules
-    if role == "score":
-        import numpy as np
-
-        from trainer.scorer import forward_flops
-
-        forward_flops(lambda x: x.float() @ torch.ones(2, 2), np.zeros((1, 2), dtype=np.int64), torch.device("cpu"))
     if device.startswith("cuda") and torch.cuda.is_available():
         if role == "train":
             import torch._inductor.compile_fx  # noqa: F401

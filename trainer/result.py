@@ -58,7 +58,7 @@ class EvalResult:
     extra: dict = field(default_factory=dict)  # anything else measured (start-up, scoring, the check, the start event)
     isolation: str = ""          # "namespaces" or "process" (the fallback sandbox); "" before it was recorded
     cpu_seconds: float = 0.0     # CPU time of the training process tree, measured from outside it
-    flops: float = 0.0           # training FLOPs: 3 x the model's forward FLOPs per token x tokens
+    flops: float = 0.0           # training FLOPs: 3 x forward FLOPs per token x tokens (extra["flops_counted_by"])
 
     @property
     def overhead_seconds(self) -> float:

@@ -228,6 +228,8 @@ def _train(child: Child, source: str, spec: RunSpec, dataset: PreparedDataset, c
             return False
         if kind == "model":
             training.model = (header.get("graph"), payload)
+            parameters = reported_number(header.get("parameters"))  # as the runtime counted them: informative only
+            training.start["parameters"] = int(parameters) if parameters is not None else None
             training.export_seconds = server.since_last_step()
             training.cpu_seconds = child.cpu_seconds() - (training.cpu_at_first_batch or 0.0)
             training.peak_memory_mb = reported_number(header.get("peak_memory_mb")) or 0.0
@@ -268,7 +270,7 @@ def _score(child: Child, training: _Training, spec: RunSpec, dataset: PreparedDa
     child.confine(watch.memory_mb)
     job = {"type": "job", "graph": description, "threads": spec.threads, "dtype": profile.dtype,
            "vocab_size": dataset.vocab_size, "token_bytes": dataset.token_bytes().tolist(),
-           "tolerance": profile.check_tolerance}
+           "tolerance": profile.check_tolerance, "count_flops": spec.budget.unit is BudgetUnit.FLOPS}
     answer: dict = {}
     handed = time.perf_counter()
     for header, payload, fds in ((job, b"", [log_fd]), ({"type": "weights"}, weights, []), (*plan_frame(plan), [])):
@@ -292,9 +294,10 @@ def _judge(spec: RunSpec, training: _Training, score: dict, watch: Watch, wall: 
            level: str) -> EvalResult:
     server = training.server
     compute = None
+    flops_per_token = score.get("flops_per_token", server.declared_flops)  # the scorer's count for FLOP budgets
     if score.get("status") == Status.OK.value:
         spent = training.cpu_seconds if spec.device == "cpu" else server.training_seconds
-        compute = measure(spent, server.tokens, score["forward_seconds_per_token"], score["flops_per_token"])
+        compute = measure(spent, server.tokens, score["forward_seconds_per_token"], flops_per_token or 0.0)
     status, message = _verdict(spec, training, score, watch, compute)
     metrics = {"steps": server.steps, "tokens": server.tokens, "training_seconds": server.training_seconds,
                "tokens_per_second": server.timed_tokens / server.training_seconds if server.training_seconds else 0.0,
@@ -305,7 +308,8 @@ def _judge(spec: RunSpec, training: _Training, score: dict, watch: Watch, wall: 
     extra.update(startup_seconds=training.startup_seconds, export_seconds=training.export_seconds,
                  peak_rss_mb=round(watch.peak_rss_mb, 1))
     extra.update({k: score[k] for k in ("scoring_seconds", "eval_seconds", "deviation", "compared", "scored_rows",
-                                        "check_rows", "flops_per_token", "forward_seconds_per_token") if k in score})
+                                        "check_rows", "forward_seconds_per_token") if k in score})
+    extra.update(flops_per_token=flops_per_token, flops_counted_by="scorer" if "flops_per_token" in score else "runtime")
     if compute is not None:
         extra["compute_ratio"] = round(compute.ratio, 3)
     return EvalResult(status=status, message=message, curve=tuple(training.curve), wall_seconds=wall,

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from trainer import protocol
-from trainer.budget import Budget, BudgetUnit
+from trainer.budget import Budget
 from trainer.evaluation import RunFailure, bits_per_byte
 from trainer.graph import GraphError, export_model
 from trainer.result import Status
@@ -82,8 +82,8 @@ class TrainingSession:
             torch.cuda.synchronize(self.device)
         self._steps += 1
         report = {"type": "step", "loss": value if math.isfinite(value) else str(value)}
-        if self.budget.unit is BudgetUnit.FLOPS and not self._declared:
-            report["flops_per_token"] = self._forward_flops_per_token(model)  # what the runner meters by
+        if not self._declared:  # a FLOP budget is metered by it (and checked by the scorer); else it is informative
+            report["flops_per_token"] = self._forward_flops_per_token(model)
             self._declared = True
         reply, payload = self._ask(report)
         if reply.get("probe"):
@@ -99,7 +99,7 @@ class TrainingSession:
         except GraphError as error:
             self._finished = False
             self._fail(Status.INVALID, str(error))
-        report = {"type": "model", "graph": description}
+        report = {"type": "model", "graph": description, "parameters": sum(p.numel() for p in model.parameters())}
         if self.device.type == "cuda":  # device memory: the runner measures only the host's
             report["peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         protocol.send(self._connection, report, data)
@@ -133,15 +133,21 @@ class TrainingSession:
         model.train(was_training)
         self._ask({"type": "probe", "val_bpb": value if math.isfinite(value) else str(value)})
 
-    def _forward_flops_per_token(self, model: torch.nn.Module) -> float:
+    def _forward_flops_per_token(self, model: torch.nn.Module) -> float | None:
+        """torch's FlopCounterMode on one row of the scoring context (cheap once torch.optim has loaded
+        torch._dynamo); None for a model it cannot count (a compiled one, say)."""
         from torch.utils.flop_counter import FlopCounterMode
 
         was_training = model.training
         model.eval()
         counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter, self.autocast():
-            model(torch.zeros(1, self.seq_len, dtype=torch.int64, device=self.device))
-        model.train(was_training)
+        try:
+            with torch.no_grad(), counter, self.autocast():
+                model(torch.zeros(1, self.seq_len, dtype=torch.int64, device=self.device))
+        except Exception:  # noqa: BLE001 - the count is the runtime's courtesy; the scorer checks FLOP budgets
+            return None
+        finally:
+            model.train(was_training)
         return counter.get_total_flops() / self.seq_len
 
     def _ask(self, request: dict) -> tuple[dict, bytes]:

@@ -103,7 +103,17 @@ def _indent(code: str, spaces: int) -> str:
     return textwrap.indent(textwrap.dedent(code).strip("\n"), " " * spaces) if code.strip() else ""
 
 
+_SPARES: list = []
+
+
 def run(source: str, spec, timeout_s: float = 180, **kwargs) -> EvalResult:
+    """One evaluation, as the search runs it: with spare interpreters (shared by the whole suite,
+    so each attack also meets the interpreters the one before it left waiting)."""
+    if not _SPARES:
+        from trainer.spares import Spares
+
+        _SPARES.append(Spares())
+    kwargs.setdefault("spares", _SPARES[0])
     return run_variant(source, spec, timeout_s=timeout_s, **kwargs)
 
 

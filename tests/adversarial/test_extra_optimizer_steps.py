@@ -12,7 +12,7 @@ FOUR_STEPS = """    optimizer.step()
 
 
 def test_more_compute_per_batch_pays_or_is_flagged(spec):
-    spec = attack_spec(spec, "40k")  # 20 steps of the baseline: compute, not start-up, dominates
+    spec = attack_spec(spec, "20k")  # 10 steps of the baseline: compute, not start-up, dominates
     honest = BASELINE.read_text()
     assert honest.count("    optimizer.step()\n") == 1
     attack = honest.replace("    optimizer.step()\n", FOUR_STEPS)
