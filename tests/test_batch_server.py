@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from trainer.batch_server import FIRST_STEP_BATCHES, BatchServer
+from trainer.batch_server import FIRST_STEP_BATCHES, WARMUP_SECONDS, BatchServer
 from trainer.batches import TrainBatches, probe_rows
 from trainer.budget import Budget
 from trainer.result import Status
@@ -30,11 +30,16 @@ def server(budget: str = "4096tok", clock: Clock | None = None, probes=(0.5,), w
     return BatchServer(spec, TOKENS, events.append, clock or Clock()), events
 
 
-def step(batch_server: BatchServer, rows: int = 8, seq_len: int = 128, loss: float = 2.0, **extra) -> tuple[dict, bytes]:
+def step(batch_server: BatchServer, rows: int = 8, seq_len: int = 128, loss: float = 2.0, answer_probe: bool = True,
+         **extra) -> tuple[dict, bytes]:
+    """One step as the runtime takes it (answering a probe the server asks for, unless told not to)."""
     assert batch_server.handle({"type": "begin"})[0]["go"]
     answer, data = batch_server.handle({"type": "batch", "rows": rows, "seq_len": seq_len})
     assert not answer.get("refused"), answer
-    return batch_server.handle({"type": "step", "loss": loss, **extra})
+    answer, data = batch_server.handle({"type": "step", "loss": loss, **extra})
+    if answer.get("probe") and answer_probe:
+        batch_server.handle({"type": "probe", "val_bpb": 1.0})
+    return answer, data
 
 
 def test_tokens_are_counted_by_the_server_and_the_budget_ends_the_run():
@@ -61,14 +66,14 @@ def test_batches_are_the_seeds_windows_and_never_the_held_out_probe_rows():
 
 
 def test_a_step_begun_in_time_may_finish_but_not_take_more_than_any_earlier_step():
-    batch_server, _ = server("3000tok")
+    batch_server, _ = server("3000tok", probes=())
     for _ in range(2):  # steps of two batches of 1024 tokens
         batch_server.handle({"type": "begin"})
         for _ in range(2):
             batch_server.handle({"type": "batch", "rows": 8, "seq_len": 128})
         batch_server.handle({"type": "step", "loss": 1.0})
     assert batch_server.handle({"type": "begin"})[0]["go"] is False
-    batch_server, _ = server("3000tok")
+    batch_server, _ = server("3000tok", probes=())
     step(batch_server)
     step(batch_server)
     batch_server.handle({"type": "begin"})  # begun with 2048 of 3000 tokens spent
@@ -94,7 +99,7 @@ def test_warm_up_steps_and_probes_are_left_out_of_a_wall_clock_budget():
     step(batch_server)
     assert batch_server.training_seconds == 50.0  # only the second step counted
     batch_server._mark = clock.now - 6  # six more seconds of the third step
-    answer, rows = step(batch_server)
+    answer, rows = step(batch_server, answer_probe=False)
     assert answer["probe"] and np.frombuffer(rows, dtype=answer["dtype"]).size == 4 * 129
     clock.now += 100  # the probe itself
     batch_server.handle({"type": "probe", "val_bpb": 3.5})
@@ -102,6 +107,24 @@ def test_warm_up_steps_and_probes_are_left_out_of_a_wall_clock_budget():
     clock.now += 1
     step(batch_server)
     assert batch_server.training_seconds == pytest.approx(50 + 6 + 1)
+
+
+def test_warm_up_is_untimed_only_up_to_its_cap():
+    clock = Clock()
+    batch_server, _ = server("1000s", clock, probes=(), warmup_steps=1)
+    batch_server.handle({"type": "begin"})
+    batch_server.handle({"type": "batch", "rows": 8, "seq_len": 128})  # the clock starts here
+    clock.now += WARMUP_SECONDS + 25  # an endless first step: training for free, were it all untimed
+    batch_server.handle({"type": "step", "loss": 1.0})
+    assert batch_server.training_seconds == pytest.approx(25)
+
+
+def test_nothing_but_the_probe_result_may_come_while_a_probe_is_untimed():
+    batch_server, _ = server("1M", probes=(0.0,))
+    answer, _ = step(batch_server, answer_probe=False)
+    assert answer["probe"]
+    answer, _ = batch_server.handle({"type": "batch", "rows": 8, "seq_len": 128})
+    assert answer["refused"] and "before the probe's result" in answer["message"]
 
 
 def test_a_flop_budget_meters_the_declared_flops_and_needs_the_declaration():

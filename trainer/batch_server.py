@@ -11,8 +11,9 @@ It lives in the runner's process, outside the sandbox, and answers the training 
   is due: held-out training rows, never validation ones.
 - `probe`: the probe's bits per byte, computed in the sandbox, so advisory (early stopping only).
 
-The clock is the runner's too: the first `warmup_steps` steps and every probe are left out of
-the training seconds a wall-clock budget counts. A FLOP budget charges each served token three
+The clock is the runner's too: the first `warmup_steps` steps (up to WARMUP_SECONDS in all, so
+a variant cannot train for free in an endless first step) and every probe are left out of the
+training seconds a wall-clock budget counts. A FLOP budget charges each served token three
 times the forward FLOPs per token that the runtime declares at the first step; the scorer counts
 them itself on the exported model, and a run that declared less than that is over budget.
 A breach is kept as `failure` and refused; the runner ends the run there.
@@ -36,6 +37,7 @@ FIRST_STEP_BATCHES = 64      # batches the first step may take past the end of t
 _FINISH_GRACE_SECONDS = 10.0  # time allowed between the last step and the model's arrival ...
 _FINISH_GRACE_FRACTION = 0.1  # ... or this share of the training time, whichever is larger
 _PROGRESS_EVERY_SECONDS = 1.0
+WARMUP_SECONDS = 60.0  # untimed warm-up at most: a cold torch.compile of the first step took 20 s on an H200
 TRAINING_FLOPS_PER_FORWARD = 3  # forward and backward (Kaplan et al. 2020)
 
 Emit = Callable[[dict], None]
@@ -56,6 +58,7 @@ class BatchServer:
         self.failure: tuple[Status, str] | None = None
         self.tokens = self.timed_tokens = self.batches = self.steps = 0
         self.training_seconds = 0.0
+        self._warmup_seconds = 0.0
         self.first_batch_at: float | None = None
         self.declared_flops: float | None = None  # forward FLOPs per token the runtime declares at the first step
         self._mark = 0.0              # end of the last accounted interval
@@ -95,6 +98,8 @@ class BatchServer:
     def handle(self, request: dict) -> tuple[dict, bytes]:
         """The answer to one request of the training process ({"refused": True, ...} after a breach)."""
         kind = request.get("type")
+        if self._probe_asked and kind != "probe":  # probe time is untimed: no training in it
+            return self._refuse(Status.INVALID, f"the runtime sent {str(kind)[:40]!r} before the probe's result")
         if kind == "begin":
             return self._begin()
         if kind == "batch":
@@ -144,6 +149,10 @@ class BatchServer:
         if self.steps > self._warmup_steps:
             self.training_seconds += now - self._mark
             self.timed_tokens += self._step_tokens
+        else:
+            untimed = min(now - self._mark, WARMUP_SECONDS - self._warmup_seconds)
+            self._warmup_seconds += untimed
+            self.training_seconds += now - self._mark - untimed
         self._mark = now
         self._largest_step = max(self._largest_step, self._step_batches)
         self._step_open = False
