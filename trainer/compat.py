@@ -84,7 +84,7 @@ def run_compat(source: str, spec: RunSpec, watch: Watch, *, log_path: Path | Non
             converse(child, watch, lambda header, payload: False, max_payload=0)
             child.kill()
             returncode = child.wait()
-            log_tail = tail(log) or tail(child.log_path)
+            log_tail = tail(log) or tail(child.start_log)
             oom = child.group is not None and child.group.oom_killed()
     finally:
         child.discard()

@@ -211,7 +211,7 @@ def _train(child: Child, source: str, spec: RunSpec, dataset: PreparedDataset, c
 
     training = _Training(BatchServer(spec, dataset.tokens("train"), emit), curve=curve)
     server = training.server
-    (child.scratch / "train.py").write_text(source)
+    child.put("train.py", source)
     child.wait_ready(watch.remaining())  # its whole tree exists now: it all goes into the cgroup
     child.confine(watch.memory_mb)
     config = spec.session_config(dataset.vocab_size, dataset.token_bytes().tolist())
@@ -255,7 +255,7 @@ def _train(child: Child, source: str, spec: RunSpec, dataset: PreparedDataset, c
     training.oom_killed = child.group is not None and child.group.oom_killed()
     if child.group is not None:
         training.peak_memory_mb = training.peak_memory_mb or child.group.peak_memory_mb()
-    training.start_log = tail(child.log_path)
+    training.start_log = tail(child.start_log)
     return training
 
 
@@ -275,7 +275,7 @@ def _score(child: Child, training: _Training, spec: RunSpec, dataset: PreparedDa
     handed = time.perf_counter()
     for header, payload, fds in ((job, b"", [log_fd]), ({"type": "weights"}, weights, []), (*plan_frame(plan), [])):
         if not reply(child, header, payload, fds):
-            return {"scorer_log": tail(child.log_path)}  # it died before it was handed the work: its log says why
+            return {"scorer_log": tail(child.start_log)}  # it died before it was handed the work: its log says why
 
     def handle(header: dict, payload: bytes) -> bool:
         if header.get("type") == "score":
@@ -284,7 +284,7 @@ def _score(child: Child, training: _Training, spec: RunSpec, dataset: PreparedDa
         return False
 
     converse(child, watch, handle, max_payload=0)
-    answer.setdefault("scorer_log", tail(child.log_path))
+    answer.setdefault("scorer_log", tail(child.start_log))
     return {**answer, "scored_rows": plan.scored_rows, "check_rows": plan.check_rows,
             "scoring_seconds": time.perf_counter() - handed}
 

@@ -92,6 +92,7 @@ class Child:
     process: subprocess.Popen  # `unshare` when isolated, else the interpreter itself
     scratch: Path
     sock: socket.socket        # the runner's end of the socketpair
+    start_log: int             # a descriptor of its start log, opened before it ran: never reopened by path
     isolation: str
     group: RunGroup | None = None
     ready: bool = False
@@ -100,6 +101,12 @@ class Child:
     @property
     def log_path(self) -> Path:
         return self.scratch / START_LOG
+
+    def put(self, name: str, text: str) -> None:
+        """Write a file into its scratch folder, never through a link it may have planted there."""
+        fd = os.open(self.scratch / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as file:
+            file.write(text)
 
     def alive(self) -> bool:
         """Still running, and its interpreter has not closed its end of the socket."""
@@ -200,6 +207,7 @@ class Child:
         self.kill()
         self.process.wait()
         self.sock.close()
+        os.close(self.start_log)
         if self.group is not None:
             self.group.remove()
         shutil.rmtree(self.scratch, ignore_errors=True)
@@ -220,6 +228,7 @@ def start_child(role: str, device: str, threads: int, *, files: dict[str, str] |
         command = [*isolation.UNSHARE, *command, _view(scratch, device, keep_home).to_json()]
     try:
         with open(scratch / START_LOG, "wb") as log:
+            start_log = os.open(scratch / START_LOG, os.O_RDONLY)
             process = subprocess.Popen(command, cwd=scratch, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                        stderr=subprocess.STDOUT, pass_fds=(child_end.fileno(),),
                                        start_new_session=True)
@@ -229,7 +238,7 @@ def start_child(role: str, device: str, threads: int, *, files: dict[str, str] |
         raise
     finally:
         child_end.close()
-    return Child(role, device, process, scratch, runner_end, level)
+    return Child(role, device, process, scratch, runner_end, start_log, level)
 
 
 def _view(scratch: Path, device: str, keep_home: bool) -> isolation.View:

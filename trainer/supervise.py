@@ -140,12 +140,18 @@ def run_log(log_path: Path | None) -> Iterator[tuple[Path, int]]:
         yield log_path, fd
 
 
-def tail(log_path: Path) -> str:
-    """The log's last lines (read from its end: a variant decides how long its log is)."""
+def tail(log: Path | int) -> str:
+    """The last lines of a log, by path (the runner's own files) or by descriptor (a sandboxed process's
+    start log: its scratch folder is the variant's, so never reopened by path); read from the end, since
+    a variant decides how long its log is."""
     try:
-        with open(log_path, "rb") as log:
-            log.seek(max(0, log.seek(0, os.SEEK_END) - _LOG_TAIL_CHARS * 4))
-            text = log.read().decode("utf-8", errors="replace")
+        fd = os.open(log, os.O_RDONLY) if isinstance(log, Path) else log
+        try:
+            size = os.fstat(fd).st_size
+            text = os.pread(fd, _LOG_TAIL_CHARS * 4, max(0, size - _LOG_TAIL_CHARS * 4))
+        finally:
+            if isinstance(log, Path):
+                os.close(fd)
     except OSError:
         return ""
-    return "\n".join(text.splitlines()[-_LOG_TAIL_LINES:])[-_LOG_TAIL_CHARS:]
+    return "\n".join(text.decode("utf-8", errors="replace").splitlines()[-_LOG_TAIL_LINES:])[-_LOG_TAIL_CHARS:]

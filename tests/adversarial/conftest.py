@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.adversarial.harness import attack_source, attack_spec, run
+from tests.adversarial.harness import attack_source, attack_spec, close_spares, run
+
+
+@pytest.fixture(scope="package", autouse=True)
+def spares_end_with_the_suite():
+    yield
+    close_spares()
 
 
 @pytest.fixture(scope="session")

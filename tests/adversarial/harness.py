@@ -117,6 +117,12 @@ def run(source: str, spec, timeout_s: float = 180, **kwargs) -> EvalResult:
     return run_variant(source, spec, timeout_s=timeout_s, **kwargs)
 
 
+def close_spares() -> None:
+    """The suite's spare interpreters end with the suite (other tests count the interpreters they see)."""
+    while _SPARES:
+        _SPARES.pop().close()
+
+
 def assert_refused_or_no_gain(attack: EvalResult, honest: EvalResult) -> None:
     """The attack failed (any failing status) or scored no better than the honest script."""
     assert honest.status is Status.OK, honest.message + honest.log_tail
