@@ -77,14 +77,14 @@ def run_compat(source: str, spec: RunSpec, watch: Watch, *, log_path: Path | Non
 
     child = start_child("compat", spec.device, spec.threads, files={**support, "train.py": source}, keep_home=True)
     try:
-        with run_log(log_path) as (log, log_fd):
+        with run_log(log_path) as log_fd:
             child.wait_ready(watch.remaining())
             child.confine(watch.memory_mb)
             reply(child, {"type": "job"}, fds=[log_fd])
             converse(child, watch, lambda header, payload: False, max_payload=0)
             child.kill()
             returncode = child.wait()
-            log_tail = tail(log) or tail(child.start_log)
+            log_tail = tail(log_fd) or tail(child.start_log)
             oom = child.group is not None and child.group.oom_killed()
     finally:
         child.discard()

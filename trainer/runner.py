@@ -142,7 +142,7 @@ def run_variant(
                                      spec.profile.check_rows, spec.profile.eval_batch_rows)
     except PlanError as error:
         return _invalid(spec, str(error), level)
-    with run_log(log_path) as (log, log_fd), contextlib.ExitStack() as stack:
+    with run_log(log_path) as log_fd, contextlib.ExitStack() as stack:
         if spares:  # a run that reported nothing started none
             stack.callback(spares.replenish, spec.device, spec.threads)
         trainer = stack.enter_context(_launched(spares, "train", spec))
@@ -151,7 +151,7 @@ def run_variant(
         training = _train(trainer, source, spec, dataset, call_rows, log_fd, watch, handler)
         trainer.discard()  # its cores and memory go to the scorer
         score = _score(scorer, training, spec, dataset, log_fd, watch) if training.model else {}
-        log_tail = tail(log) or training.start_log
+        log_tail = tail(log_fd) or training.start_log
     return _judge(spec, training, score, watch, time.perf_counter() - started, log_tail, level)
 
 

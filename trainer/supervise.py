@@ -128,30 +128,26 @@ def exit_status(returncode: int | None, oom_killed: bool, log_tail: str) -> tupl
 
 
 @contextlib.contextmanager
-def run_log(log_path: Path | None) -> Iterator[tuple[Path, int]]:
+def run_log(log_path: Path | None) -> Iterator[int]:
     """The run's log (a temporary one when the caller keeps none) and a descriptor to append to it,
-    which the sandboxed processes receive; a bad path fails here, in the caller."""
+    which the sandboxed processes receive and the runner reads the tail through (in the process
+    sandbox a variant could swap the path for a link); a bad path fails here, in the caller."""
     with contextlib.ExitStack() as stack:
         if log_path is None:
             log_path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="evotrain-log-"))) / "log.txt"
         log_path.write_bytes(b"")
-        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
+        fd = os.open(log_path, os.O_RDWR | os.O_APPEND)
         stack.callback(os.close, fd)
-        yield log_path, fd
+        yield fd
 
 
-def tail(log: Path | int) -> str:
-    """The last lines of a log, by path (the runner's own files) or by descriptor (a sandboxed process's
-    start log: its scratch folder is the variant's, so never reopened by path); read from the end, since
-    a variant decides how long its log is."""
+def tail(fd: int) -> str:
+    """The last lines of a log, read through a descriptor the runner opened (a variant can swap a path
+    in its scratch folder, or in the process sandbox anywhere, for a link) from its end (a variant
+    decides how long its log is)."""
     try:
-        fd = os.open(log, os.O_RDONLY) if isinstance(log, Path) else log
-        try:
-            size = os.fstat(fd).st_size
-            text = os.pread(fd, _LOG_TAIL_CHARS * 4, max(0, size - _LOG_TAIL_CHARS * 4))
-        finally:
-            if isinstance(log, Path):
-                os.close(fd)
+        size = os.fstat(fd).st_size
+        text = os.pread(fd, _LOG_TAIL_CHARS * 4, max(0, size - _LOG_TAIL_CHARS * 4))
     except OSError:
         return ""
     return "\n".join(text.decode("utf-8", errors="replace").splitlines()[-_LOG_TAIL_LINES:])[-_LOG_TAIL_CHARS:]
