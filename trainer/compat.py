@@ -80,7 +80,7 @@ def run_compat(source: str, spec: RunSpec, watch: Watch, *, log_path: Path | Non
         with run_log(log_path) as log_fd:
             child.wait_ready(watch.remaining())
             child.confine(watch.memory_mb)
-            reply(child, {"type": "job"}, fds=[log_fd])
+            reply(child, watch, {"type": "job"}, fds=[log_fd])
             converse(child, watch, lambda header, payload: False, max_payload=0)
             child.kill()
             returncode = child.wait()

@@ -103,7 +103,7 @@ def main() -> int:
     _prepare(device, role)
     protocol.send(connection, {"type": "ready"})
     try:
-        job, _, fds = protocol.recv(connection, max_payload=0, max_fds=1)
+        job, _, fds = protocol.recv(connection, max_payload=0, max_fds=2)
     except (EOFError, ConnectionError):
         return 0  # a spare whose runner went away before giving it a run
     if fds:
@@ -111,7 +111,7 @@ def main() -> int:
     if role == "score":
         from trainer.scorer import serve
 
-        return serve(connection, job, device)
+        return serve(connection, job, fds[1], device)
     if role == "compat":
         sys.path.insert(0, os.getcwd())  # its neighbours (prepare.py) import as they would beside it
         sys.argv = ["train.py"]

@@ -46,6 +46,9 @@ from trainer.trust import TrustPolicy, check_machine
 
 _SMOKE_EVAL_TOKENS = 1024
 _CURVE_FIELDS = ("progress", "step", "tokens", "seconds", "val_bpb", "train_loss")
+_MODEL_FILE = "model.bin"  # the exported model's tensors, in the training process's scratch folder
+_START_FIELDS = {"device": str, "dtype": str, "torch": str, "python": str, "vocab_size": int, "seq_len": int,
+                 "threads": int}
 _FLOP_DECLARATION_SLACK = 1.02  # the scorer's count of the forward FLOPs may exceed the declared one by 2%
 
 EventHandler = Callable[[dict], bool]  # returns True to stop the run early (status pruned)
@@ -186,7 +189,7 @@ def _replenishing(spares: Spares, spec: RunSpec, on_event: EventHandler | None) 
 class _Training:
     server: BatchServer
     start: dict = field(default_factory=dict)       # what the runtime said about itself
-    model: tuple[dict, bytes] | None = None         # the exported model: description, tensor bytes
+    model: tuple[dict, int | None] | None = None    # the exported model: description, descriptor of its tensors
     failure: tuple[Status, str] | None = None       # the variant's own report of how it ended
     startup_seconds: float = 0.0                    # from the handover of the run to its first batch
     cpu_at_first_batch: float | None = None
@@ -216,18 +219,18 @@ def _train(child: Child, source: str, spec: RunSpec, dataset: PreparedDataset, c
     child.confine(watch.memory_mb)
     config = spec.session_config(dataset.vocab_size, dataset.token_bytes().tolist())
     handed = time.perf_counter()
-    reply(child, {"type": "job", "session": {**config, "export_rows": call_rows}}, fds=[log_fd])
+    reply(child, watch, {"type": "job", "session": {**config, "export_rows": call_rows}}, fds=[log_fd])
 
     def handle(header: dict, payload: bytes) -> bool:
         kind = header.get("type")
         if kind == "ready":
             return False
         if kind == "start":
-            training.start = {k: v for k, v in header.items() if k != "type"}
+            training.start = _said_about_itself(header)
             emit({"event": "start", **training.start})
             return False
         if kind == "model":
-            training.model = (header.get("graph"), payload)
+            training.model = (header.get("graph"), child.take_file(_MODEL_FILE))
             parameters = reported_number(header.get("parameters"))  # as the runtime counted them: informative only
             training.start["parameters"] = int(parameters) if parameters is not None else None
             training.export_seconds = server.since_last_step()
@@ -244,10 +247,11 @@ def _train(child: Child, source: str, spec: RunSpec, dataset: PreparedDataset, c
             training.startup_seconds = time.perf_counter() - handed
             training.cpu_at_first_batch = child.cpu_seconds()  # imports and set-up are not training
         answer, data = server.handle(header)
-        reply(child, answer, data)
-        return server.failure is not None
+        if not reply(child, watch, answer, data):
+            watch.end(Status.INVALID, "the training process stopped reading the runner's answers")
+        return server.failure is not None or watch.killed_for is not None
 
-    converse(child, watch, handle, max_payload=watch.memory_mb << 20)
+    converse(child, watch, handle, max_payload=0)
     if training.model is None and training.cpu_at_first_batch is not None:
         training.cpu_seconds = child.cpu_seconds() - training.cpu_at_first_batch
     child.kill()
@@ -266,6 +270,8 @@ def _score(child: Child, training: _Training, spec: RunSpec, dataset: PreparedDa
     plan = scoring_plan(dataset.tokens(spec.split), profile.seq_len, profile.eval_tokens, profile.check_rows,
                         profile.eval_batch_rows, np.random.default_rng(secrets.randbits(128)))  # secret cuts
     description, weights = training.model
+    if weights is None:
+        return {"status": Status.INVALID.value, "message": f"finish() left no readable {_MODEL_FILE} with the model"}
     child.wait_ready(watch.remaining())
     child.confine(watch.memory_mb)
     job = {"type": "job", "graph": description, "threads": spec.threads, "dtype": profile.dtype,
@@ -273,8 +279,8 @@ def _score(child: Child, training: _Training, spec: RunSpec, dataset: PreparedDa
            "tolerance": profile.check_tolerance, "count_flops": spec.budget.unit is BudgetUnit.FLOPS}
     answer: dict = {}
     handed = time.perf_counter()
-    for header, payload, fds in ((job, b"", [log_fd]), ({"type": "weights"}, weights, []), (*plan_frame(plan), [])):
-        if not reply(child, header, payload, fds):
+    for header, payload, fds in ((job, b"", [log_fd, weights]), (*plan_frame(plan), [])):
+        if not reply(child, watch, header, payload, fds):
             return {"scorer_log": tail(child.start_log)}  # it died before it was handed the work: its log says why
 
     def handle(header: dict, payload: bytes) -> bool:
@@ -349,6 +355,12 @@ def _verdict(spec: RunSpec, training: _Training, score: dict, watch: Watch,
 def _invalid(spec: RunSpec, message: str, level: str) -> EvalResult:
     return EvalResult(status=Status.INVALID, message=message, device=spec.device, budget=str(spec.budget),
                       budget_unit=spec.budget.unit.value, seed=spec.seed, split=spec.split, isolation=level)
+
+
+def _said_about_itself(header: dict) -> dict:
+    """The runtime's start report, as far as it is what it should be (it goes into every result)."""
+    return {key: value[:100] if isinstance(value, str) else value for key, kind in _START_FIELDS.items()
+            if isinstance(value := header.get(key), kind)}
 
 
 def _status(value: object) -> Status:

@@ -20,6 +20,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -107,6 +108,18 @@ class Child:
         fd = os.open(self.scratch / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "w") as file:
             file.write(text)
+
+    def take_file(self, name: str) -> int | None:
+        """A read-only descriptor of a regular file it wrote into its scratch folder (not through a link),
+        or None: a file it hands over travels as a descriptor, never through the runner's memory."""
+        try:
+            fd = os.open(self.scratch / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        return fd
 
     def alive(self) -> bool:
         """Still running, and its interpreter has not closed its end of the socket."""

@@ -15,6 +15,8 @@ the plan (trainer/plan.py) and the token byte lengths; the scorer answers with
 from __future__ import annotations
 
 import math
+import mmap
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -33,14 +35,14 @@ from trainer.result import Status
 _MAX_JOB_BYTES = 1 << 40  # the runner caps what it forwards; this only guards the frame reader
 
 
-def serve(connection: socket.socket, job: dict, device: str) -> int:
-    """The scorer role: one model, one plan, one answer."""
+def serve(connection: socket.socket, job: dict, weights: int, device: str) -> int:
+    """The scorer role: one model (its tensors' file as descriptor `weights`), one plan, one answer."""
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
     try:
-        _, weights, _ = protocol.recv(connection, _MAX_JOB_BYTES)
         header, data, _ = protocol.recv(connection, _MAX_JOB_BYTES)
-        graph = Graph.parse(job["graph"], weights, torch.device(device))
+        with mmap.mmap(weights, 0, access=mmap.ACCESS_READ) if os.fstat(weights).st_size else nullcontext(b"") as file:
+            graph = Graph.parse(job["graph"], file, torch.device(device))
         answer = score(graph, plan_from_frame(header, data), torch.tensor(job["token_bytes"], dtype=torch.int64),
                        job["vocab_size"], getattr(torch, job["dtype"]), torch.device(device), job["tolerance"],
                        count_flops=job.get("count_flops", False))

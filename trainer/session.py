@@ -25,6 +25,7 @@ from trainer.graph import GraphError, export_model
 from trainer.result import Status
 
 _MAX_REPLY_BYTES = 1 << 31
+MODEL_FILE = "model.bin"  # in the scratch folder (the working directory)
 
 
 class TrainingSession:
@@ -99,10 +100,12 @@ class TrainingSession:
         except GraphError as error:
             self._finished = False
             self._fail(Status.INVALID, str(error))
+        with open(MODEL_FILE, "wb") as file:  # the runner passes the file itself on to the scorer
+            file.write(data)
         report = {"type": "model", "graph": description, "parameters": sum(p.numel() for p in model.parameters())}
         if self.device.type == "cuda":  # device memory: the runner measures only the host's
             report["peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
-        protocol.send(self._connection, report, data)
+        protocol.send(self._connection, report)
 
     def autocast(self) -> AbstractContextManager:
         if self.dtype == torch.float32:

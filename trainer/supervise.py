@@ -100,10 +100,9 @@ def converse(child: Child, watch: Watch, handle: Handler, max_payload: int) -> N
             child.kill()
 
 
-def reply(child: Child, header: dict, payload: bytes = b"", fds: Sequence[int] = ()) -> bool:
-    """Send the child a frame; False when it died or stopped reading (the next read or the deadline
-    then ends it)."""
-    child.sock.settimeout(_SEND_TIMEOUT_SECONDS)
+def reply(child: Child, watch: Watch, header: dict, payload: bytes = b"", fds: Sequence[int] = ()) -> bool:
+    """Send the child a frame; False when it died or stopped reading its answers (within the deadline)."""
+    child.sock.settimeout(max(0.01, min(_SEND_TIMEOUT_SECONDS, watch.remaining())))
     try:
         protocol.send(child.sock, header, payload, fds)
         return True
