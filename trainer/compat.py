@@ -73,7 +73,7 @@ def run_compat(source: str, spec: RunSpec, watch: Watch, *, log_path: Path | Non
     """Run the script as it is, until it exits; its printed summary is its (untrusted) result."""
     # here, not at the top: static validation imports this module for uses_runtime and stays light
     from trainer.sandbox import start_child
-    from trainer.supervise import converse, exit_status, reply, run_log, tail
+    from trainer.supervise import converse, exit_status, finish, reply, run_log, tail
 
     child = start_child("compat", spec.device, spec.threads, files={**support, "train.py": source}, keep_home=True)
     try:
@@ -82,8 +82,7 @@ def run_compat(source: str, spec: RunSpec, watch: Watch, *, log_path: Path | Non
             child.confine(watch.memory_mb)
             reply(child, watch, {"type": "job"}, fds=[log_fd])
             converse(child, watch, lambda header, payload: False, max_payload=0)
-            child.kill()
-            returncode = child.wait()
+            returncode = finish(child, watch)
             log_tail = tail(log_fd) or tail(child.start_log)
             oom = child.group is not None and child.group.oom_killed()
     finally:

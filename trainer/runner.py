@@ -41,7 +41,7 @@ from trainer.result import CurvePoint, EvalResult, Status
 from trainer.sandbox import Child, isolation_level, start_child
 from trainer.spares import Spares
 from trainer.spec import DEFAULT_PROBES, PROFILES, RunSpec
-from trainer.supervise import Watch, converse, exit_status, reply, run_log, tail
+from trainer.supervise import Watch, converse, exit_status, finish, reply, run_log, tail
 from trainer.trust import TrustPolicy, check_machine
 
 _SMOKE_EVAL_TOKENS = 1024
@@ -254,8 +254,8 @@ def _train(child: Child, source: str, spec: RunSpec, dataset: PreparedDataset, c
     converse(child, watch, handle, max_payload=0)
     if training.model is None and training.cpu_at_first_batch is not None:
         training.cpu_seconds = child.cpu_seconds() - training.cpu_at_first_batch
-    child.kill()
-    training.returncode = child.wait()
+    said_how_it_ended = training.model is not None or training.failure is not None or server.failure is not None
+    training.returncode = finish(child, watch, patience_s=0) if said_how_it_ended else finish(child, watch)
     training.oom_killed = child.group is not None and child.group.oom_killed()
     if child.group is not None:
         training.peak_memory_mb = training.peak_memory_mb or child.group.peak_memory_mb()

@@ -12,6 +12,7 @@ import contextlib
 import os
 import select
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -24,7 +25,8 @@ from trainer.result import Status
 from trainer.sandbox import Child
 
 _POLL_SECONDS = 0.2
-_SEND_TIMEOUT_SECONDS = 30.0  # a child that reads none of its answers for this long has stalled
+_SEND_TIMEOUT_SECONDS = 30.0
+_EXIT_PATIENCE_SECONDS = 5.0  # for a process whose socket closed to finish exiting  # a child that reads none of its answers for this long has stalled
 _LOG_TAIL_LINES = 40
 _LOG_TAIL_CHARS = 4000
 
@@ -98,6 +100,18 @@ def converse(child: Child, watch: Watch, handle: Handler, max_payload: int) -> N
     finally:  # also when the runner itself is interrupted (Ctrl-C, a cancelled Ray task)
         if watch.killed_for is not None:
             child.kill()
+
+
+def finish(child: Child, watch: Watch, patience_s: float = _EXIT_PATIENCE_SECONDS) -> int:
+    """End the child and return its exit code: after the conversation closed by itself, it gets a moment
+    to exit on its own (how it ends is the verdict when it said nothing); killed at once otherwise."""
+    if watch.killed_for is None:
+        try:
+            child.process.wait(timeout=max(0.0, min(patience_s, watch.remaining())))
+        except subprocess.TimeoutExpired:
+            pass
+    child.kill()
+    return child.wait()
 
 
 def reply(child: Child, watch: Watch, header: dict, payload: bytes = b"", fds: Sequence[int] = ()) -> bool:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import uuid
 
-from tests.adversarial.harness import attack_source
+from tests.adversarial.harness import attack_source, namespaces_or_skip
 
 READ_ENVIRONS = """
 import os
@@ -30,6 +30,7 @@ print(json.dumps({"status": result.status.value, "log": result.log_tail}))
 
 
 def test_no_ancestor_environment_is_readable(tmp_path):
+    namespaces_or_skip()
     secret = f"sk-ant-redteam-{uuid.uuid4().hex}"
     env = {**os.environ, "ANTHROPIC_API_KEY": secret}
     driver = subprocess.run([sys.executable, "-c", DRIVER], input=attack_source(before_finish=READ_ENVIRONS),
