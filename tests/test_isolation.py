@@ -3,14 +3,19 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import textwrap
+import time
 import warnings
 from pathlib import Path
 
+import psutil
 import pytest
 
 import trainer
-from tests.conftest import tiny_script
+
+from tests.conftest import launcher_processes, tiny_script, wait_gone
 from trainer import isolation, sandbox
 from trainer.cgroups import RunGroup
 from trainer.datasets import default_cache_dir
@@ -21,7 +26,16 @@ from trainer.trust import TrustPolicy, admit
 
 needs_namespaces = pytest.mark.skipif(not isolation.namespaces_available(),
                                       reason="needs user, PID, mount and network namespaces (util-linux unshare)")
-needs_cgroups = pytest.mark.skipif(RunGroup.create(256, 16) is None, reason="this machine gives no writable cgroup")
+
+
+def _cgroups_available() -> bool:
+    group = RunGroup.create(256, 16)
+    if group is not None:
+        group.remove()
+    return group is not None
+
+
+needs_cgroups = pytest.mark.skipif(not _cgroups_available(), reason="this machine gives no writable cgroup")
 
 # Reports what the variant can see and do, as one JSON line in its log.
 LOOK_AROUND = textwrap.dedent("""
@@ -148,3 +162,25 @@ def test_a_script_naming_the_runtime_in_any_way_runs_under_it(make_spec):
     result = run_variant(obfuscated, make_spec(), timeout_s=300)
     assert result.trusted and result.status is Status.INVALID and "finish" in result.message
     assert os.environ.get("EVOTRAIN_NEVER_SET") is None  # (the runner left the test's environment alone)
+
+
+HANGS = "from trainer import runtime\nimport time\nprint('HANGING', flush=True)\ntime.sleep(600)\n"
+DRIVER = f"""
+from trainer.runner import build_spec, run_variant
+run_variant({HANGS!r}, build_spec("4k", device="cpu", threads=1), timeout_s=600)
+"""
+
+
+@needs_namespaces
+def test_a_run_ends_with_its_runner_even_when_the_runner_is_killed():
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER])
+    try:
+        deadline = time.monotonic() + 300
+        while not (training := launcher_processes(psutil.Process(driver.pid), role="train")):
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.1)
+        tree = [process for process in psutil.Process(driver.pid).children(recursive=True)]
+    finally:
+        driver.kill()  # no cleanup of its own: the socket closing is all the sandbox learns
+        driver.wait()
+    assert training and not wait_gone(tree)

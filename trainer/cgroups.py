@@ -57,16 +57,20 @@ class RunGroup:
 
     @classmethod
     def _make_v2(cls, name: str) -> RunGroup | None:
+        """Under this process's own group, or beside it: a v2 group with processes in it cannot hand
+        controllers to children (the no-internal-processes rule), so a delegated parent is the usual place."""
         own = _own_groups().get("")
         mount = _ROOT if (_ROOT / "cgroup.controllers").exists() else _ROOT / "unified"
         if own is None or not (mount / "cgroup.controllers").exists():
             return None
-        parent = mount / own.lstrip("/")
-        if not _V2_NEEDED <= set((parent / "cgroup.subtree_control").read_text().split()):
-            return None
-        folder = parent / name
-        folder.mkdir()
-        return cls({"unified": folder}, unified=True)
+        for parent in (mount / own.lstrip("/"), (mount / own.lstrip("/")).parent):
+            try:
+                if _V2_NEEDED <= set((parent / "cgroup.subtree_control").read_text().split()):
+                    (parent / name).mkdir()
+                    return cls({"unified": parent / name}, unified=True)
+            except OSError:
+                continue
+        return None
 
     def _limit(self, memory_mb: int, max_processes: int) -> None:
         if self._unified:

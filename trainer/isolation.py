@@ -28,7 +28,9 @@ import functools
 import json
 import os
 import platform
+import select
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -124,21 +126,33 @@ def enter(view: View, new_root: str = "/tmp/.evotrain-root") -> None:
     _drop_privileges()
 
 
-def become_init() -> None:
+def become_init(runner: int) -> None:
     """Stay behind as the namespace's PID 1, a tiny reaper, and return in a forked child that carries on.
 
     When the child ends, PID 1 exits with its status (128 + the signal if it was killed), which
     `unshare` passes on: util-linux's own relaying of a child's signal fails ("sigprocmask unblock
     failed"), and the runner needs to tell a kill (the kernel's OOM killer's, say) from a crash.
+    When the runner's end of the socket (`runner`) closes, the runner is gone (killed, say): PID 1
+    exits and the kernel ends everything in the namespace, so no run outlives its runner either.
     The fork is cheap here: nothing but the standard library is loaded yet."""
     child = os.fork()
     if child == 0:
         return
+    gone = select.poll()
+    gone.register(runner, select.POLLRDHUP)  # the peer closed; no data is read, the child owns the socket
     while True:
-        pid, status = os.waitpid(-1, 0)  # every orphan in the namespace is ours to reap
-        if pid == child:
-            code = os.waitstatus_to_exitcode(status)
-            os._exit(128 - code if code < 0 else code)
+        while True:  # every orphan in the namespace is ours to reap
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                os._exit(0)
+            if pid == 0:
+                break
+            if pid == child:
+                code = os.waitstatus_to_exitcode(status)
+                os._exit(128 - code if code < 0 else code)
+        if gone.poll(100):
+            os._exit(128 + signal.SIGKILL)
 
 
 def exit_code(code: int) -> int:

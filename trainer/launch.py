@@ -96,7 +96,7 @@ def main() -> int:
         from trainer import isolation
 
         isolation.enter(isolation.View.from_json(sys.argv[4]))
-        isolation.become_init()
+        isolation.become_init(fd)
     from trainer import protocol
 
     connection = socket.socket(fileno=fd)
