@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import secrets
 import threading
 import time
@@ -266,12 +267,20 @@ def _train(child: Child, source: str, spec: RunSpec, dataset: PreparedDataset, c
 # ---------------------------------------------------------------- 3. score
 def _score(child: Child, training: _Training, spec: RunSpec, dataset: PreparedDataset, log_fd: int,
            watch: Watch) -> dict:
-    profile = spec.profile
-    plan = scoring_plan(dataset.tokens(spec.split), profile.seq_len, profile.eval_tokens, profile.check_rows,
-                        profile.eval_batch_rows, np.random.default_rng(secrets.randbits(128)))  # secret cuts
     description, weights = training.model
     if weights is None:
         return {"status": Status.INVALID.value, "message": f"finish() left no readable {_MODEL_FILE} with the model"}
+    try:
+        return _scored(child, description, weights, spec, dataset, log_fd, watch)
+    finally:
+        os.close(weights)  # the scorer received its own copy
+
+
+def _scored(child: Child, description: dict, weights: int, spec: RunSpec, dataset: PreparedDataset, log_fd: int,
+            watch: Watch) -> dict:
+    profile = spec.profile
+    plan = scoring_plan(dataset.tokens(spec.split), profile.seq_len, profile.eval_tokens, profile.check_rows,
+                        profile.eval_batch_rows, np.random.default_rng(secrets.randbits(128)))  # secret cuts
     child.wait_ready(watch.remaining())
     child.confine(watch.memory_mb)
     job = {"type": "job", "graph": description, "threads": spec.threads, "dtype": profile.dtype,
@@ -281,7 +290,7 @@ def _score(child: Child, training: _Training, spec: RunSpec, dataset: PreparedDa
     handed = time.perf_counter()
     for header, payload, fds in ((job, b"", [log_fd, weights]), (*plan_frame(plan), [])):
         if not reply(child, watch, header, payload, fds):
-            return {"scorer_log": tail(child.start_log)}  # it died before it was handed the work: its log says why
+            return {"scorer_log": f"exit code {finish(child, watch)}; {tail(child.start_log)}"}  # died before its job
 
     def handle(header: dict, payload: bytes) -> bool:
         if header.get("type") == "score":
@@ -290,7 +299,8 @@ def _score(child: Child, training: _Training, spec: RunSpec, dataset: PreparedDa
         return False
 
     converse(child, watch, handle, max_payload=0)
-    answer.setdefault("scorer_log", tail(child.start_log))
+    if not answer and watch.killed_for is None:  # how it ended is the only clue left
+        answer["scorer_log"] = f"exit code {finish(child, watch)}; {tail(child.start_log)}"
     return {**answer, "scored_rows": plan.scored_rows, "check_rows": plan.check_rows,
             "scoring_seconds": time.perf_counter() - handed}
 
