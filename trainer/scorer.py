@@ -15,7 +15,6 @@ the plan (trainer/plan.py) and the token byte lengths; the scorer answers with
 from __future__ import annotations
 
 import math
-import mmap
 import os
 import socket
 import time
@@ -41,8 +40,7 @@ def serve(connection: socket.socket, job: dict, weights: int, device: str) -> in
         torch.set_num_threads(job["threads"])
     try:
         header, data, _ = protocol.recv(connection, _MAX_JOB_BYTES)
-        with mmap.mmap(weights, 0, access=mmap.ACCESS_READ) if os.fstat(weights).st_size else nullcontext(b"") as file:
-            graph = Graph.parse(job["graph"], file, torch.device(device))
+        graph = Graph.parse(job["graph"], _read_all(weights), torch.device(device))
         answer = score(graph, plan_from_frame(header, data), torch.tensor(job["token_bytes"], dtype=torch.int64),
                        job["vocab_size"], getattr(torch, job["dtype"]), torch.device(device), job["tolerance"],
                        count_flops=job.get("count_flops", False))
@@ -116,6 +114,15 @@ def forward_flops(graph: Callable[[torch.Tensor], Any], inputs: np.ndarray, devi
     with FakeTensorMode(allow_non_fake_inputs=True) as fake, counter, torch.no_grad():
         graph(fake.from_tensor(torch.tensor(inputs, device=device)))
     return float(counter.get_total_flops())
+
+
+def _read_all(fd: int) -> bytes:
+    """The whole file, read (not mapped: a file the variant truncates under a mapping kills the reader)."""
+    chunks, offset = [], 0
+    while chunk := os.pread(fd, 1 << 24, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
 
 
 class _Clock:
