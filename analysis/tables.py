@@ -23,7 +23,8 @@ from trainer.result import EvalResult, Status
 
 SMOKE_BUDGET = str(SMOKE)
 _MEMBERSHIP = ("accepted", "retired", "dropped")
-_FLOATS = ("training_seconds", "wall_seconds", "overhead_seconds", "tokens_per_second", "peak_memory_mb")
+_FLOATS = ("training_seconds", "wall_seconds", "overhead_seconds", "tokens_per_second", "peak_memory_mb", "cpu_seconds",
+           "flops")
 
 
 class Scores:
@@ -91,9 +92,10 @@ def evaluations(records: list[Evaluation], variants: dict[str, Variant], ladder:
 def _measured(result: EvalResult | None) -> dict:
     """What the runner measured; missing while an evaluation is running."""
     if result is None:
-        return {"message": "", "steps": None, "tokens": None, **{name: math.nan for name in _FLOATS}}
-    return {"message": result.message, "steps": result.steps, "tokens": result.tokens,
-            **{name: getattr(result, name) for name in _FLOATS}}
+        return {"message": "", "steps": None, "tokens": None, "trusted": None, "isolation": "",
+                **{name: math.nan for name in _FLOATS}}
+    return {"message": result.message, "steps": result.steps, "tokens": result.tokens, "trusted": result.trusted,
+            "isolation": result.isolation, **{name: getattr(result, name) for name in _FLOATS}}
 
 
 def variants(records: list[Variant], decisions: list[Decision], evaluations: pd.DataFrame, scores: Scores,

@@ -3,15 +3,17 @@
     .venv/bin/python benchmarks/overhead.py                  # about 9 minutes on 2 idle cores
 
 1. The baseline at 30 s, 60 s and 300 s wall-clock budgets through the sandboxed runner, one
-   at a time on an idle machine, as the search runs them: after a short warm-up run (which
-   fills the compile cache), each run takes the spare interpreter its predecessor started
-   (trainer/spares.py) and starts the next one while it trains. Overhead = wall time minus
-   training time, split into start-up (handover to the first batch: data, model; imports
-   only where no spare was ready), warm-up and probes (steps left out of the budget for
-   compilation, the 3 in-run validation probes, exit), validation (leak check and val_bpb)
-   and the store (writing the result to SQLite, timed here on a scratch store). Reported as
-   a fraction of the budget; the target is < 3% at 60 s. The spare's imports run beside the
-   previous run's timed training: on a busy CPU they cost it some throughput, not overhead.
+   at a time, as the search runs them: after a short warm-up run, each run takes the spare
+   training interpreter and the spare scorer its predecessor started (trainer/spares.py), each
+   in its own namespaces, and starts the next ones while it trains. Overhead = wall time minus
+   training time, split into start-up (the handover of the run to the first batch: data,
+   model; imports only where no spare was ready), warm-up and probes (steps left out of the
+   budget, the 3 probes, the batch server's bookkeeping), the export (last step to the
+   model's arrival at the runner: torch.export and the transfer), scoring (the trusted scorer:
+   the graph checked, scored rows, check rows and their twins) and the store (writing the
+   result to SQLite, timed here on a scratch store). Reported as a fraction of the budget;
+   the target is < 3% at 60 s. The spares' imports run beside the previous run's timed
+   training: on a busy CPU they cost it some throughput, not overhead.
 2. The driver: a short `search evolve` in a subprocess, sampling the CPU time of the driver
    process alone (its evaluations are children and not counted) against its wall time.
 
@@ -60,15 +62,17 @@ def evaluation_row(budget: str, device: str, spares: Spares) -> dict:
     if not result.status.is_ok():
         raise SystemExit(f"the baseline ended {result.status.value} at {budget}: {result.message}")
     startup = result.extra.get("startup_seconds", 0.0)
-    validation = result.extra.get("eval_seconds", 0.0)
+    export = result.extra.get("export_seconds", 0.0)
+    scoring = result.extra.get("scoring_seconds", 0.0)
     overhead = result.wall_seconds - result.training_seconds
     store = store_seconds(result)
     return {
         "budget": budget, "device": device, "wall_s": round(result.wall_seconds, 2),
         "training_s": round(result.training_seconds, 2), "startup_s": round(startup, 2),
-        "warmup_and_probes_s": round(overhead - startup - validation, 2), "validation_s": round(validation, 2),
-        "store_s": round(store, 4), "overhead_s": round(overhead + store, 2),
+        "warmup_and_probes_s": round(overhead - startup - export - scoring, 2), "export_s": round(export, 2),
+        "scoring_s": round(scoring, 2), "store_s": round(store, 4), "overhead_s": round(overhead + store, 2),
         "overhead_fraction": round((overhead + store) / spec.budget.amount, 4), "steps": result.steps,
+        "isolation": result.isolation,
     }
 
 
@@ -114,6 +118,7 @@ def main() -> None:
         evaluation_row(args.warmup_budget, args.device, spares)
         rows = []
         for budget in args.budgets.split(","):
+            spares.wait_ready(args.device, 0, timeout_s=600)  # as a search's next run finds them
             rows.append(evaluation_row(budget, args.device, spares))
             print(rows[-1], file=sys.stderr, flush=True)
     driver = driver_cpu(args.search_time, args.search_budget) if args.search_time != "0" else None
@@ -129,10 +134,12 @@ def main() -> None:
         "# Overhead per evaluation, and the driver's CPU", "",
         f"Command: `.venv/bin/python benchmarks/overhead.py {' '.join(sys.argv[1:])}` "
         f"({datetime.now(timezone.utc):%Y-%m-%d}, {machine(args.device)}, one run at a time).", "",
-        "| budget | wall s | training s | start-up s | warm-up + probes s | validation s | store s | overhead / budget |",
-        "|---|---|---|---|---|---|---|---|",
+        "| budget | wall s | training s | start-up s | warm-up + probes s | export s | scoring s | store s | "
+        "overhead / budget | isolation |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *(f"| {r['budget']} | {r['wall_s']} | {r['training_s']} | {r['startup_s']} | {r['warmup_and_probes_s']} | "
-          f"{r['validation_s']} | {r['store_s']} | {100 * r['overhead_fraction']:.1f}% |" for r in rows),
+          f"{r['export_s']} | {r['scoring_s']} | {r['store_s']} | {100 * r['overhead_fraction']:.1f}% | "
+          f"{r['isolation']} |" for r in rows),
         "",
         f"Driver (`search evolve --time {args.search_time} --budget {args.search_budget}`, its own process, "
         f"evaluations excluded): {driver['driver_cpu_s']} CPU s over {driver['driver_wall_s']} s of wall time, "

@@ -224,7 +224,7 @@ class SyntheticExecutor(Executor):
         self._done.append((job, EvalResult(
             status=Status.OK, val_bpb=value, steps=1, tokens=int(budget.amount), training_seconds=1.0,
             wall_seconds=1.0, device="cpu", budget=str(budget), budget_unit=budget.unit.value, seed=job.spec.seed,
-            split=job.spec.split)))
+            split=job.spec.split, isolation="synthetic")))
 
     def running(self) -> list[Running]:
         return []

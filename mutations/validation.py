@@ -8,11 +8,13 @@ introspection that can reach the runtime's internals. `smoke_run` then trains it
 step in the real sandbox. Every refusal carries a stable reason code and one line that
 names the offending name and the fix: both are stored and fed back into LLM prompts.
 
-The process sandbox (trainer.sandbox) is the security boundary; these checks catch mistakes
-and obvious escapes early, with a message a mutator can act on. Names are resolved through
-import aliases (`import os as o`, `from numpy import memmap`) and simple assignments
-(`r = runtime`); dynamic tricks beyond that (exec'd strings, objects passed around) are left
-to the sandbox.
+These checks are not the security boundary: the operating system is (trainer/isolation.py:
+each variant in its own namespaces, its data served and its score computed outside it). They
+catch honest mistakes and obvious escapes early, with a message a mutator can act on. Names are
+resolved through import aliases (`import os as o`, `from numpy import memmap`) and simple
+assignments (`r = runtime`); dynamic tricks beyond that (exec'd strings, objects passed around)
+are left to the sandbox. "Uses the runtime" has one definition, trainer.compat.uses_runtime,
+shared with the runner.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from enum import Enum
 from fnmatch import fnmatchcase
 
+from trainer.compat import uses_runtime
 from trainer.parsing import parse_python
 from mutations.edits import ApplyError, Mutation, apply_mutation
 
@@ -173,7 +176,7 @@ def validate_source(source: str, *, baseline: str | None = None, max_bytes: int 
     checker = _Checker(names)
     checker.visit(tree)
     refusals.extend(sorted(checker.refusals, key=lambda r: r.line or 0))
-    if not names.imports_runtime:
+    if not uses_runtime(source):
         refusals.append(_refusal(Reason.NO_RUNTIME, "the script does not import the runtime: add `from trainer import "
                                  "runtime` and train through runtime.keep_training, next_batch, step and finish"))
     else:
@@ -275,7 +278,6 @@ class _Names:
 
     aliases: dict[str, str]
     runtime_names: frozenset[str]  # local names the imports bind to the runtime or its members
-    imports_runtime: bool
 
     @classmethod
     def of(cls, tree: ast.Module) -> _Names:
@@ -284,7 +286,7 @@ class _Names:
         for local, bound, _ in bindings:
             aliases.setdefault(local, bound)
         runtime_names = frozenset(local for local, bound, _ in bindings if _under(bound, RUNTIME))
-        names = cls(aliases, runtime_names, any(_under(full, RUNTIME) for _, _, full in bindings))
+        names = cls(aliases, runtime_names)
         names._follow_assignments(tree)
         return names
 
@@ -461,8 +463,7 @@ def smoke_run(source: str, *, device: str = "cpu", timeout_s: float = 120) -> Ve
     A script without the runtime is refused without running it: in compatibility mode it
     would train for as long as it sets itself.
     """
-    from trainer.compat import uses_runtime  # lazy: the runner pulls in psutil and the datasets
-    from trainer.runner import run_variant, smoke_spec
+    from trainer.runner import run_variant, smoke_spec  # lazy: the runner pulls in psutil and the datasets
 
     if not uses_runtime(source):
         return Verdict((_refusal(Reason.NO_RUNTIME, "the script does not import the runtime: add `from trainer "

@@ -29,7 +29,7 @@ STRATEGIES = ("additive", "asha", "greedy", "tpe")
 # Options that define what the stored results mean: a resume with other values would mix
 # incomparable evaluations, so it is refused.
 IDENTITY = ("baseline_hash", "dataset", "strategy", "budget", "fractions", "seeds", "eta", "device_kind", "seed",
-            "eval_tokens")
+            "eval_tokens", "compat")
 
 
 def _duration(text: str) -> float | None:
@@ -127,6 +127,9 @@ class EvolveConfig:
                                      kind=int)
     timeout: float | None = option(None, "Kill an evaluation after this many seconds (default: from its budget).",
                                    kind=float)
+    compat: bool = option(False, "Accept scores that autoresearch-style scripts print themselves (compatibility "
+                          "mode: untrusted, marked so everywhere).")
+    require_isolation: bool = option(False, "Refuse to run without namespace isolation (Linux user namespaces).")
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -33,6 +33,7 @@ from trainer.budget import BudgetUnit
 from trainer.errors import UserError
 from trainer.result import EvalResult
 from trainer.runner import build_spec
+from trainer.trust import TrustPolicy
 
 _SNAPSHOT_EVERY = 5.0
 _RECENT = 8
@@ -56,6 +57,10 @@ def make_executor(config: EvolveConfig) -> Executor:
         gpus = 1 if config.device_kind == "cuda" else 0
         return RayExecutor(address=config.ray_address, gpus_per_task=gpus, slots=config.workers)
     return LocalExecutor(local_slots(config.device, config.workers))
+
+
+def trust_policy(config: EvolveConfig) -> TrustPolicy:
+    return TrustPolicy(allow_untrusted=config.compat, require_isolation=config.require_isolation)
 
 
 def make_ladder(config: EvolveConfig) -> Ladder:
@@ -118,7 +123,11 @@ class Driver:
             template = replace(template, profile=replace(template.profile, eval_tokens=config.eval_tokens))
         self.executor = self._given_executor or make_executor(config)
         self.evaluator = Evaluator(self.store, self.executor, template, config.run_dir, on_finish=self._finished,
-                                   timeout_s=config.timeout, prune_margin=config.prune_margin)
+                                   timeout_s=config.timeout, prune_margin=config.prune_margin,
+                                   trust=trust_policy(config))
+        if any(result.status.is_ok() and not result.isolation for _, result in self.evaluator.items()):
+            raise UserError(f"{config.run_dir} was measured before the trust boundary (its scores mean something "
+                            "else now): start a new run with --name")
         if self.evaluator.requeued:
             self.reporter.event(f"re-queued {self.evaluator.requeued} evaluations a stopped search left running")
         self.variants: dict[str, Variant] = {v.id: v for v in self.store.variants()}
@@ -212,11 +221,13 @@ class Driver:
                                            "enough_children": limits.enough_children})
 
     def _runs_left(self) -> float | None:
-        """Full-budget runs the tightest limit still allows: compute left over one run's budget, time left over the
+        """Full-budget runs the tightest limit still allows: compute left over one run's cost, time left over the
         search's pace so far, or the candidates --generations still allows."""
         config, estimates = self.config, []
-        if config.compute_limit is not None and config.compute_limit.unit is config.top_budget.unit:
-            estimates.append((config.compute_limit.amount - self.compute_committed()) / config.top_budget.amount)
+        if config.compute_limit is not None:
+            run = self._run_cost(config.compute_limit.unit)
+            if run:
+                estimates.append((config.compute_limit.amount - self.compute_committed()) / run)
         walls = [r.wall_seconds for q, r in self.evaluator.items()
                  if q.split == "val" and q.budget == config.top_budget]
         if config.time_limit is not None and walls:
@@ -227,12 +238,20 @@ class Driver:
         return max(0.0, min(estimates)) if estimates else None
 
     def compute_committed(self) -> float:
-        """Compute of every non-test evaluation, finished or running, in --compute's unit (tokens, or seconds)."""
+        """Compute of every non-test evaluation, finished or running, in --compute's unit (tokens, seconds or FLOPs;
+        a running evaluation counts what a full-budget run has cost so far on average)."""
         unit = self.config.compute_limit.unit if self.config.compute_limit else BudgetUnit.TOKENS
         done = sum(_compute(result, unit) for request, result in self.evaluator.items() if request.split != "test")
-        running = sum(r.budget.amount for r in self.evaluator.in_flight()
-                      if r.split != "test" and r.budget.unit is unit)
-        return done + running
+        running = [r for r in self.evaluator.in_flight() if r.split != "test"]
+        return done + sum(r.budget.amount if r.budget.unit is unit else self._run_cost(unit) or 0.0 for r in running)
+
+    def _run_cost(self, unit: BudgetUnit) -> float | None:
+        """What one full-budget run costs in this unit: its budget when the units agree, else the mean so far."""
+        top = self.config.top_budget
+        if top.unit is unit:
+            return top.amount
+        spent = [_compute(r, unit) for q, r in self.evaluator.items() if q.split == "val" and q.budget == top]
+        return sum(spent) / len(spent) if spent else None
 
     def _record_incumbent(self) -> None:
         """Each time the strategy's answer changes, with the compute spent so far: the anytime curve."""
@@ -288,7 +307,7 @@ class Driver:
 
 
 def _compute(result: EvalResult, unit: BudgetUnit) -> float:
-    return result.tokens if unit is BudgetUnit.TOKENS else result.wall_seconds
+    return {BudgetUnit.TOKENS: result.tokens, BudgetUnit.FLOPS: result.flops}.get(unit, result.wall_seconds)
 
 
 def _versions() -> dict:

@@ -5,7 +5,9 @@ before it is submitted and committed the moment it finishes, so a search killed 
 point loses nothing finished; what was running is re-queued when the search resumes.
 Smoke runs (one optimizer step, to catch a broken child before it spends real budget) are
 stored like the others, under their own budget (`1tok`), so a child refused there keeps its
-status and log.
+status and log. Every result passes the trust policy before it is stored (trainer.trust.admit):
+a score a script printed itself, or one not isolated when isolation is required, is stored as
+`invalid` with the reason, unless the user asked for compatibility mode.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from trainer.budget import Budget
 from trainer.result import EvalResult
 from trainer.runner import default_timeout, for_smoke
 from trainer.spec import RunSpec
+from trainer.trust import TrustPolicy, admit, check_machine
 
 _PRUNE_FROM_PROGRESS = 0.5   # probes before half the budget are too noisy to stop a run on
 _PROGRESS_TOLERANCE = 0.05
@@ -62,8 +65,10 @@ def prune_rule(reference: EvalResult | None, margin: float) -> PruneRule | None:
 class Evaluator:
     def __init__(self, store: Store, executor: Executor, template: RunSpec, run_dir: Path,
                  on_finish: Callable[[Request, EvalResult], None] | None = None, timeout_s: float | None = None,
-                 prune_margin: float = 0.0) -> None:
+                 prune_margin: float = 0.0, trust: TrustPolicy = TrustPolicy()) -> None:
+        check_machine(trust)
         self.store, self.executor, self.template = store, executor, template
+        self._trust = trust
         self._logs = Path(run_dir) / "logs"
         self._on_finish = on_finish
         self._timeout_s = timeout_s   # None: from the budget (trainer.runner.default_timeout)
@@ -138,6 +143,7 @@ class Evaluator:
         """Wait up to `timeout` seconds for finished evaluations; each is committed before it is returned."""
         finished = []
         for job, result in self.executor.wait(timeout):
+            result = admit(result, self._trust)
             request = self._claims.pop(job.key)
             self.store.finish_evaluation(job.key, result, log_path=str(job.log_path))
             self._results[request.key] = result

@@ -18,7 +18,7 @@ from search.config import EvolveConfig
 from search.evaluator import Evaluator, Request
 from population.ladder import Ladder
 from search.context import knob_values
-from search.driver import make_executor
+from search.driver import make_executor, trust_policy
 from trainer.budget import Budget
 from trainer.errors import UserError
 from trainer.result import EvalResult
@@ -45,7 +45,7 @@ class Rerun:
             template = replace(template, profile=replace(template.profile, eval_tokens=self.config.eval_tokens))
         self.executor = make_executor(self.config)
         self.evaluator = Evaluator(store, self.executor, template, run_dir, on_finish=on_finish,
-                                   timeout_s=self.config.timeout)
+                                   timeout_s=self.config.timeout, trust=trust_policy(self.config))
         self.variants = {v.id: v for v in store.variants()}
         self.baseline = self.variants[meta["baseline"]["id"]]
         self.stack = self.variants[meta["result"]["stack"]]

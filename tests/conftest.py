@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import textwrap
+import time
 from dataclasses import replace
 
 import psutil
@@ -44,16 +45,37 @@ def tiny_script(forward: str = "return self.head(self.emb(idx))", keep_going: st
                               before_finish=before_finish)
 
 
-def launcher_processes(parent: psutil.Process | None = None) -> list[psutil.Process]:
-    """The `python -m trainer.launch` processes under `parent` (default: this test process), waiting or running."""
+def launcher_processes(parent: psutil.Process | None = None, role: str = "train") -> list[psutil.Process]:
+    """The `python -m trainer.launch ROLE` interpreters under `parent` (default: this test process), waiting
+    or running: one per sandbox (not the `unshare` that starts it, nor the interpreter that PID 1 forks)."""
     found = []
     for child in (parent or psutil.Process()).children(recursive=True):
         try:
-            if "trainer.launch" in " ".join(child.cmdline()):
+            if _is_launcher(child, role) and not _is_launcher(child.parent(), role):
                 found.append(child)
         except psutil.Error:
             continue
     return found
+
+
+def _is_launcher(process: psutil.Process | None, role: str) -> bool:
+    return process is not None and process.cmdline()[1:4] == ["-m", "trainer.launch", role]
+
+
+def wait_gone(processes: list[psutil.Process], timeout_s: float = 60) -> list[psutil.Process]:
+    """The processes still alive after up to `timeout_s` (a zombie counts as gone: killed, not yet reaped)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = []
+        for process in processes:
+            try:
+                if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(process)
+            except psutil.NoSuchProcess:
+                continue
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
 
 
 def edited(source: str, *replacements: tuple[str, str]) -> str:

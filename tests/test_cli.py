@@ -67,7 +67,7 @@ def test_run_prints_a_summary_block(tmp_path):
     script.write_text(tiny_script())
     result = search("run", str(script), "--budget", "8k", "--device", "cpu", "--threads", "1")
     assert result.returncode == 0, result.stderr
-    for key in ("status", "val_bpb", "steps", "tokens", "tokens/s", "peak memory", "wall time"):
+    for key in ("status", "val_bpb", "steps", "tokens", "tokens/s", "peak memory", "wall time", "compute", "isolation"):
         assert key in result.stdout
     assert "probe" in result.stderr  # progress is streamed while it trains
 
@@ -86,6 +86,16 @@ def test_failed_run_exits_nonzero_and_shows_the_log_tail(tmp_path):
     result = search("run", str(script), "--budget", "4k", "--device", "cpu")
     assert result.returncode == 1
     assert "crash" in result.stdout and "RuntimeError: boom" in result.stderr
+
+
+def test_run_accepts_a_printed_score_only_in_compatibility_mode(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("print('val_bpb:          0.900000')\n")
+    refused = search("run", str(script), "--device", "cpu", "--format", "json")
+    assert refused.returncode == 1 and "--compat" in json.loads(refused.stdout)["message"]
+    accepted = search("run", str(script), "--device", "cpu", "--compat", "--format", "json")
+    data = json.loads(accepted.stdout)
+    assert accepted.returncode == 0 and data["val_bpb"] == 0.9 and data["trusted"] is False
 
 
 def test_prepare_reports_the_splits():

@@ -14,7 +14,7 @@ import pytest
 
 from search import executors
 from search.executors import EvalJob, LocalExecutor, RayExecutor, Slot, local_slots
-from tests.conftest import launcher_processes, tiny_script
+from tests.conftest import launcher_processes, tiny_script, wait_gone
 from trainer.errors import UserError
 from trainer.result import Status
 from trainer.runner import smoke_spec
@@ -33,15 +33,15 @@ def saying(word: str) -> str:
     return tiny_script(before_finish=f"print({word!r}, flush=True)")
 
 
-def hanging(pid_file: Path) -> str:
-    """A script that starts a subprocess of its own, writes both pids, then sleeps past any test's patience."""
-    return textwrap.dedent(f"""
-        import os, subprocess, time
-        from trainer import runtime
-        child = subprocess.Popen(["sleep", "600"])
-        open({str(pid_file)!r}, "w").write(f"{{os.getpid()}} {{child.pid}}")
-        time.sleep(600)
-    """)
+# A script that starts a subprocess of its own, then sleeps past any test's patience; its child's
+# command line marks the run, wherever the executor runs it.
+CHILD_COMMAND = ["sleep", "613"]
+HANGING = textwrap.dedent(f"""
+    import subprocess, time
+    from trainer import runtime
+    child = subprocess.Popen({CHILD_COMMAND!r})
+    time.sleep(600)
+""")
 
 
 def make_job(key: int, folder: Path, source: str, budget: str = "4k", **changes) -> EvalJob:
@@ -77,19 +77,19 @@ def _has_script(process: psutil.Process) -> bool:
         return False
 
 
-def read_pids(pid_file: Path, timeout_s: float = 60) -> list[int]:
+def started_tree(timeout_s: float = 300) -> list[psutil.Process]:
+    """Once the hanging script has started its child: that child and the sandboxed processes above it
+    (the interpreter and the `unshare` that started it), as seen from here."""
     deadline = time.monotonic() + timeout_s
-    while not (pid_file.exists() and pid_file.read_text()):
+    while not (children := [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == CHILD_COMMAND]):
         assert time.monotonic() < deadline, "the hanging script never started"
         time.sleep(0.1)
-    return [int(pid) for pid in pid_file.read_text().split()]
+    return [*children, *(p for p in children[0].parents() if "trainer.launch" in " ".join(p.cmdline()))]
 
 
-def assert_gone(pids: list[int], within_s: float) -> None:
-    deadline = time.monotonic() + within_s
-    while alive := [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]:
-        assert time.monotonic() < deadline, f"processes {alive} still run {within_s}s after stop()"
-        time.sleep(0.05)
+def assert_gone(processes: list[psutil.Process], within_s: float) -> None:
+    alive = wait_gone(processes, within_s)
+    assert not alive, f"processes {alive} still run {within_s}s after stop()"
 
 
 # ---------------------------------------------------------------------------- slots
@@ -164,13 +164,13 @@ def test_failures_come_back_as_results_and_the_executor_carries_on(tmp_path):
 
 def test_stop_kills_running_jobs_and_drops_their_results(tmp_path):
     executor = LocalExecutor([Slot("cpu", 1)] * 2)
-    executor.submit(make_job(0, tmp_path, hanging(tmp_path / "pid")))
-    pids = read_pids(tmp_path / "pid")
+    executor.submit(make_job(0, tmp_path, HANGING))
+    tree = started_tree()
     assert executor.running()[0].progress == 0
     started = time.monotonic()
     executor.stop()
     assert time.monotonic() - started < 3
-    assert_gone(pids, within_s=1)
+    assert_gone(tree, within_s=1)
     assert executor.wait(0.5) == [] and executor.free_slots() == 2
     executor.close()
 
@@ -195,12 +195,12 @@ def test_ray_executor_runs_jobs_ships_logs_back_and_stops(tmp_path):
         for key, result in results.items():
             assert result.status is Status.OK, result.message + result.log_tail
             assert f"hello from {key}" in (tmp_path / "logs" / f"{key}.txt").read_text()
-        executor.submit(make_job(2, tmp_path, hanging(tmp_path / "pid")))
-        pids = read_pids(tmp_path / "pid")
+        executor.submit(make_job(2, tmp_path, HANGING))
+        tree = started_tree()
         started = time.monotonic()
         executor.stop()
         assert time.monotonic() - started < 5
-        assert_gone(pids, within_s=0.5)
+        assert_gone(tree, within_s=0.5)
         assert executor.wait(0.5) == [] and executor.free_slots() == 2
         executor.close()
         assert ray.is_initialized()  # the executor leaves a Ray it did not start running

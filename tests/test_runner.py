@@ -1,8 +1,10 @@
 """The sandboxed runner: real subprocesses, each ending the way a variant can end."""
 from __future__ import annotations
 
+import json
 import os
-import re
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -10,10 +12,11 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import tiny_script
+from tests.conftest import tiny_script, wait_gone
 from trainer.baselines import BASELINE
 from trainer.result import Status
 from trainer.runner import run_variant
+from trainer.sandbox import Child
 
 
 def run(source: str, spec, timeout_s: float = 60, **kwargs):
@@ -61,12 +64,12 @@ def test_baseline_with_attention_mask_removed_is_a_leak(make_spec):
 def test_hanging_script_is_killed_at_the_deadline(make_spec):
     source = "from trainer import runtime\nimport time\ntime.sleep(600)\n"
     started = time.perf_counter()
-    result = run(source, make_spec(), timeout_s=4)
+    result = run(source, make_spec(), timeout_s=4)  # whether or not the interpreter got far, under load
     assert result.status is Status.TIMEOUT
     assert time.perf_counter() - started < 20
 
 
-# Starts a grandchild, prints its pid, then hangs: for the tests that kill a run.
+# Starts a grandchild, says so, then hangs: for the tests that end a run early.
 SPAWNS_A_CHILD = textwrap.dedent("""
     import subprocess, time
     from trainer import runtime
@@ -76,55 +79,52 @@ SPAWNS_A_CHILD = textwrap.dedent("""
 """)
 
 
-def child_pid(log: str) -> int:
-    return int(re.search(r"CHILD (\d+)", log).group(1))
+def when_child_started(log_path, action) -> tuple[threading.Thread, list[psutil.Process]]:
+    """Runs action in a thread once the script has started its child; the list then holds every
+    process this test had started by then (the run's whole tree, inside its namespaces too)."""
+    tree: list[psutil.Process] = []
 
-
-def assert_gone(pid: int) -> None:
-    time.sleep(0.2)
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-
-
-def when_child_started(log_path, action) -> threading.Thread:
-    """Runs action in a thread once the script has printed its child's pid."""
     def watch() -> None:
         while not (log_path.exists() and "CHILD" in log_path.read_text()):
             time.sleep(0.05)
+        tree.extend(psutil.Process().children(recursive=True))
         action()
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
-    return thread
+    return thread, tree
 
 
-def test_killing_takes_the_whole_process_group(make_spec):
-    result = run(SPAWNS_A_CHILD, make_spec(), timeout_s=10)  # time to import torch and start the child, under load
-    assert result.status is Status.TIMEOUT
-    assert_gone(child_pid(result.log_tail))
+def assert_all_gone(processes: list[psutil.Process]) -> None:
+    assert processes, "the run's processes were never seen"
+    assert not wait_gone(processes)  # a kill takes effect a moment later
 
 
-def test_stop_event_kills_the_run_as_pruned(make_spec, tmp_path):
+def test_stop_event_kills_the_run_and_everything_it_started_as_pruned(make_spec, tmp_path):
     stop, stopped_at = threading.Event(), []
-    when_child_started(tmp_path / "log.txt", lambda: (stopped_at.append(time.perf_counter()), stop.set()))
-    result = run(SPAWNS_A_CHILD, make_spec(), log_path=tmp_path / "log.txt", stop=stop)
+    watcher, tree = when_child_started(tmp_path / "log.txt", lambda: (stopped_at.append(time.perf_counter()), stop.set()))
+    result = run(SPAWNS_A_CHILD, make_spec(), timeout_s=600, log_path=tmp_path / "log.txt", stop=stop)
+    watcher.join()
     assert result.status is Status.PRUNED and result.message == "stopped by the search"
     assert time.perf_counter() - stopped_at[0] < 3
-    assert_gone(child_pid(result.log_tail))
+    assert_all_gone(tree)
 
 
 def test_interrupted_runner_still_kills_the_group(make_spec, tmp_path, monkeypatch):
     interrupted = threading.Event()
-    when_child_started(tmp_path / "log.txt", interrupted.set)
+    watcher, tree = when_child_started(tmp_path / "log.txt", interrupted.set)
+    measure = Child.memory_mb
 
-    def rss_or_interrupt(process) -> float:  # the runner's poll loop, hit by Ctrl-C once the child runs
+    def memory_or_interrupt(child) -> float:  # the runner's watch, hit by Ctrl-C once the child runs
         if interrupted.is_set():
             raise KeyboardInterrupt
-        return 0.0
+        return measure(child)
 
-    monkeypatch.setattr("trainer.runner.group_rss_mb", rss_or_interrupt)
+    monkeypatch.setattr(Child, "memory_mb", memory_or_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        run(SPAWNS_A_CHILD, make_spec(), log_path=tmp_path / "log.txt")
-    assert_gone(child_pid((tmp_path / "log.txt").read_text()))
+        run(SPAWNS_A_CHILD, make_spec(), timeout_s=600, log_path=tmp_path / "log.txt")
+    watcher.join()
+    assert_all_gone(tree)
 
 
 def test_memory_hog_is_stopped_as_oom(make_spec):
@@ -238,3 +238,14 @@ def test_smoke_runs_validate_at_least_one_row_of_the_devices_context(device):
 
     spec = for_smoke(RunSpec.for_device(device, budget=Budget.parse("1tok"), seed=0, dataset_root="unused"))
     assert spec.profile.eval_tokens >= spec.profile.seq_len
+
+
+def test_a_script_run_by_hand_hands_itself_to_the_runner_and_prints_the_result(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(tiny_script())
+    env = {**os.environ, "EVOTRAIN_BUDGET": "4k", "EVOTRAIN_DEVICE": "cpu"}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = next(line for line in done.stderr.splitlines() if line.startswith("[evotrain result] "))
+    result = json.loads(line.removeprefix("[evotrain result] "))
+    assert result["status"] == "ok" and result["tokens"] >= 4000 and result["isolation"]

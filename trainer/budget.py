@@ -1,7 +1,13 @@
-"""Training budgets: wall-clock seconds or training tokens.
+"""Training budgets: wall-clock seconds, training tokens, or training FLOPs.
 
-Written as `30s`, `2min`, `1h` (seconds) or `500k`, `2M`, `1G`, `600000tok` (tokens).
-`5m` is refused as ambiguous: minutes and mega-tokens look alike.
+Written as `30s`, `2min`, `1h` (seconds), `500k`, `2M`, `1G`, `600000tok` (tokens) or `2.5Tflop`,
+`300Gflop`, `1e15flop` (FLOPs). `5m` is refused as ambiguous: minutes and mega-tokens look alike.
+
+A FLOP budget matches compute rather than data: the runner charges every served token 3x the
+forward FLOPs per token of the variant's own model (forward and backward, Kaplan et al. 2020), as
+the runtime declares them at the first step; the trusted scorer counts them itself on the exported
+model, and a run that declared less is over budget. A bigger model gets fewer tokens, where a
+token budget hands it more compute for free (benchmarks/compute_unit.py).
 """
 from __future__ import annotations
 
@@ -15,10 +21,13 @@ from trainer.errors import UserError
 class BudgetUnit(str, Enum):
     SECONDS = "seconds"
     TOKENS = "tokens"
+    FLOPS = "flops"
 
 
 _SECOND_SUFFIXES = {"s": 1, "sec": 1, "min": 60, "h": 3600}
 _TOKEN_SUFFIXES = {"tok": 1, "t": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9}
+_SI = {"": 1, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
+_FLOP = re.compile(r"^([kKMGTP]?)flops?$", re.IGNORECASE)
 _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
 
 
@@ -35,7 +44,8 @@ class Budget:
     def parse(cls, text: str) -> Budget:
         match = _PATTERN.match(text)
         if not match:
-            raise UserError(f"cannot read budget {text!r}: write seconds like 30s or 2min, or tokens like 500k or 2M")
+            raise UserError(f"cannot read budget {text!r}: write seconds like 30s or 2min, tokens like 500k or 2M, "
+                            "or FLOPs like 2.5Tflop")
         number, suffix = float(match.group(1)), match.group(2)
         if suffix == "m":
             raise UserError(f"budget {text!r} is ambiguous: write {match.group(1)}min for minutes or {match.group(1)}M for tokens")
@@ -43,9 +53,12 @@ class Budget:
             return cls(number * _SECOND_SUFFIXES[suffix], BudgetUnit.SECONDS)
         if suffix in _TOKEN_SUFFIXES:
             return cls(round(number * _TOKEN_SUFFIXES[suffix]), BudgetUnit.TOKENS)
+        if (flop := _FLOP.match(suffix)) and flop.group(1) in _SI:
+            return cls(number * _SI[flop.group(1)], BudgetUnit.FLOPS)
         if suffix == "":
             raise UserError(f"budget {text!r} needs a unit: 30s or 2min for seconds, 500k or 2M for tokens")
-        raise UserError(f"unknown budget unit {suffix!r} in {text!r}: use s, min, h for seconds or k, M, G, tok for tokens")
+        raise UserError(f"unknown budget unit {suffix!r} in {text!r}: use s, min, h for seconds, k, M, G, tok for "
+                        "tokens or Gflop, Tflop, Pflop for FLOPs")
 
     def scaled(self, fraction: float) -> Budget:
         """A shorter (or longer) budget of the same unit, for lower fidelity rungs."""
@@ -55,6 +68,9 @@ class Budget:
     def __str__(self) -> str:
         if self.unit is BudgetUnit.SECONDS:
             return f"{self.amount:g}s"
+        if self.unit is BudgetUnit.FLOPS:
+            prefix = next(p for p in ("P", "T", "G", "M", "k", "") if self.amount >= _SI[p] or p == "")
+            return f"{self.amount / _SI[prefix]:.12g}{prefix}flop"
         for suffix, size in (("G", 10**9), ("M", 10**6), ("k", 10**3)):
             value = self.amount / size
             if value >= 1 and value == round(value, 3):

@@ -1,16 +1,16 @@
-"""How the runtime measures a model: validation bits per byte and the causality leak check.
+"""How a model is measured: bits per byte, the logits contract, and the statuses of failures.
 
 val_bpb = summed cross-entropy in nats / (ln 2 * target bytes). Targets that stand for no
 bytes (special tokens) are left out of both sums, so the number is comparable across
 tokenizers; with the byte tokenizer every target is one byte and a uniform predictor
-scores exactly 8.0.
+scores exactly 8.0. The trusted scorer computes it on the validation rows (trainer/scorer.py);
+the sandboxed runtime uses the same code for its probes on held-out training rows.
 """
 from __future__ import annotations
 
 import math
 from contextlib import AbstractContextManager
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -27,18 +27,23 @@ class RunFailure(Exception):
         self.status = status
 
 
-def validation_rows(tokens: np.ndarray, seq_len: int, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fixed (inputs, targets) rows of seq_len from the start of a split, at most n_tokens targets."""
-    rows = min(n_tokens, len(tokens) - 1) // seq_len
-    if rows < 1:
-        raise RunFailure(Status.INVALID, f"{min(n_tokens, len(tokens) - 1)} validation tokens (of {len(tokens)} in the "
-                                         f"split) are fewer than one row of {seq_len}")
-    window = torch.from_numpy(np.asarray(tokens[: rows * seq_len + 1], dtype=np.int64))
-    return window[:-1].view(rows, seq_len), window[1:].view(rows, seq_len)
+def status_of(error: BaseException) -> Status:
+    """The status of an exception that ended a run: out of memory, or a crash."""
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return Status.OOM
+    text = str(error)
+    if isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text):
+        return Status.OOM  # the CPU allocator's words under the address-space limit
+    return Status.CRASH
 
 
-def checked_logits(model: torch.nn.Module, x: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    logits = model(x)
+def one_line(error: BaseException) -> str:
+    detail = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {detail[0] if detail else ''}".strip()[:300]
+
+
+def checked_logits(logits: object, x: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """The model's output for input x, if it is logits of shape (batch, time, vocab >= vocab_size)."""
     if not isinstance(logits, torch.Tensor):
         raise RunFailure(Status.INVALID, f"model(idx) must return a logits tensor, but returned {type(logits).__name__}")
     if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(x.shape) or logits.shape[2] < vocab_size:
@@ -69,47 +74,18 @@ def bits_per_byte(
         x = inputs[start : start + batch_rows].to(device, non_blocking=True)
         y = targets[start : start + batch_rows].to(device, non_blocking=True)
         with autocast:
-            logits = checked_logits(model, x, vocab_size)
-        for chunk, target in zip(logits.flatten(0, 1).split(_CE_CHUNK), y.flatten().split(_CE_CHUNK)):
-            # float64 so the score depends on the logits alone, not on float32 rounding paths
-            nats = F.cross_entropy(chunk.double(), target, reduction="none")
-            n_bytes = token_bytes[target]
-            total_nats += (nats * (n_bytes > 0)).sum()
-            total_bytes += n_bytes.sum()
+            logits = checked_logits(model(x), x, vocab_size)
+        nats, n_bytes = target_nats(logits.flatten(0, 1), y.flatten(), token_bytes)
+        total_nats += nats.sum()
+        total_bytes += n_bytes.sum()
     return total_nats.item() / (math.log(2) * total_bytes.item())
 
 
-@torch.no_grad()
-def find_leak(
-    model: torch.nn.Module,
-    inputs: torch.Tensor,
-    vocab_size: int,
-    autocast: AbstractContextManager,
-    device: torch.device,
-    relative_tolerance: float,
-) -> str | None:
-    """Change every token after position t; logits at positions <= t must not move.
-
-    Returns a one-line description of the leak, or None for a causal model. The same
-    input is run twice to measure the model's own run-to-run noise, so nondeterministic
-    kernels do not read as leaks.
-    """
-    x = inputs.to(device)
-    cut = x.shape[1] // 2
-    generator = torch.Generator().manual_seed(0)
-    shift = torch.randint(1, vocab_size, x[:, cut + 1 :].shape, generator=generator).to(device)
-    perturbed = x.clone()
-    perturbed[:, cut + 1 :] = (x[:, cut + 1 :] + shift) % vocab_size
-    with autocast:
-        reference = checked_logits(model, x, vocab_size).float()
-        changed = checked_logits(model, perturbed, vocab_size).float()
-        repeat = checked_logits(model, x, vocab_size).float()
-    noise = (reference - repeat).abs().max().item()
-    moved = (reference[:, : cut + 1] - changed[:, : cut + 1]).abs().max().item()
-    tolerance = max(10 * noise, relative_tolerance * reference.abs().max().item(), 1e-6)
-    if moved > tolerance:  # NaN logits are not a leak: finish() reports them as nan
-        return (
-            f"not causal: logits at positions <= {cut} moved by {moved:.3g} when only later tokens "
-            f"changed (tolerance {tolerance:.2g}); the model looks ahead"
-        )
-    return None
+def target_nats(logits: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy in nats of each position, 0 where the target stands for no bytes; target bytes),
+    in float64 so the score depends on the logits alone, not on float32 rounding paths."""
+    nats = torch.cat([F.cross_entropy(chunk.double(), target, reduction="none")
+                      for chunk, target in zip(logits.split(_CE_CHUNK), targets.split(_CE_CHUNK))]) \
+        if len(targets) else torch.zeros(0, dtype=torch.float64, device=logits.device)
+    n_bytes = token_bytes[targets]
+    return nats * (n_bytes > 0), n_bytes

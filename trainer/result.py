@@ -13,7 +13,7 @@ class Status(str, Enum):
     NAN = "nan"                  # non-finite training loss or validation loss
     LEAK = "leak"                # logits at position t depend on tokens after t
     INVALID = "invalid"          # broke the runtime contract (bad logits, no finish, ...)
-    OVER_BUDGET = "over_budget"  # kept training after the runtime said stop
+    OVER_BUDGET = "over_budget"  # trained past the budget, or spent far more compute than its model needs
     PRUNED = "pruned"            # stopped early by the caller (a scheduler's loser)
 
     def is_ok(self) -> bool:
@@ -40,7 +40,7 @@ class CurvePoint:
 class EvalResult:
     status: Status
     message: str = ""            # one line: why it failed, or what is notable
-    trusted: bool = True         # False for scripts that print their own score (compat mode)
+    trusted: bool = True         # False for scripts that print their own score (compatibility mode)
     val_bpb: float | None = None
     curve: tuple[CurvePoint, ...] = ()
     steps: int = 0
@@ -55,7 +55,10 @@ class EvalResult:
     seed: int = 0
     split: str = "val"
     log_tail: str = ""
-    extra: dict = field(default_factory=dict)  # anything else the runtime reported (params, dtype, ...)
+    extra: dict = field(default_factory=dict)  # anything else measured (start-up, scoring, the check, the start event)
+    isolation: str = ""          # "namespaces" or "process" (the fallback sandbox); "" before it was recorded
+    cpu_seconds: float = 0.0     # CPU time of the training process tree, measured from outside it
+    flops: float = 0.0           # training FLOPs: 3 x forward FLOPs per token x tokens (extra["flops_counted_by"])
 
     @property
     def overhead_seconds(self) -> float:

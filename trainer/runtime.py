@@ -13,14 +13,14 @@ The contract, in full:
     runtime.finish(model)                          # model(idx) -> logits (batch, time, vocab)
 
 Values: `device`, `dtype` (autocast dtype), `seed`, `seq_len` (validation context; training
-rows may be shorter), `vocab_size`, `budget`. The runtime counts tokens and training time
-(warm-up steps excluded from a wall-clock budget), streams intermediate validation to the
-runner, and in `finish` checks causality and scores val_bpb itself. The script never
-reports its own score.
+rows may be shorter), `vocab_size`, `budget`. The runner, outside the sandbox, serves the
+batches, counts tokens and training time (warm-up steps excluded from a wall-clock budget) and
+says when to stop; `finish` hands the model over, and a trusted scorer that never runs the
+script's code checks causality and scores val_bpb. The script never reports its own score.
 
-Run under `search run` the runner installs the session; run by hand (`python train.py`)
-a standalone session is made from EVOTRAIN_BUDGET, EVOTRAIN_SEED, EVOTRAIN_DEVICE and
-EVOTRAIN_DATASET, and the result is printed.
+Under `search run` the launcher installs the session; run by hand (`python train.py`), the
+script hands itself to the sandboxed runner (budget, seed, device and dataset from
+EVOTRAIN_BUDGET, EVOTRAIN_SEED, EVOTRAIN_DEVICE, EVOTRAIN_DATASET), prints the result and exits.
 """
 from __future__ import annotations
 
@@ -44,21 +44,29 @@ def _install(session: TrainingSession) -> None:
 
 def _current() -> TrainingSession:
     if _session is None:
-        _install(_standalone_session())
+        _run_standalone()
     return _session
 
 
-def _standalone_session() -> TrainingSession:
-    from trainer.channel import PrintChannel
-    from trainer.runner import build_spec
+def _run_standalone() -> None:
+    """`python train.py` by hand: evaluate this very script under the runner, print the result, exit."""
+    import json
+    import sys
 
-    spec = build_spec(
-        budget=os.environ.get("EVOTRAIN_BUDGET", "200k"),
-        seed=int(os.environ.get("EVOTRAIN_SEED", "0")),
-        device=os.environ.get("EVOTRAIN_DEVICE", "auto"),
-        dataset=os.environ.get("EVOTRAIN_DATASET", "shakespeare"),
-    )
-    return TrainingSession(spec, PrintChannel())
+    from trainer.runner import build_spec, default_timeout, run_variant
+
+    script = getattr(sys.modules.get("__main__"), "__file__", None)
+    if script is None:
+        raise SystemExit("evotrain: run the script from a file (python train.py), or through `search run`")
+    spec = build_spec(budget=os.environ.get("EVOTRAIN_BUDGET", "200k"), seed=int(os.environ.get("EVOTRAIN_SEED", "0")),
+                      device=os.environ.get("EVOTRAIN_DEVICE", "auto"),
+                      dataset=os.environ.get("EVOTRAIN_DATASET", "shakespeare"))
+    result = run_variant(open(script).read(), spec, timeout_s=default_timeout(spec.budget))
+    shown = {k: v for k, v in result.to_dict().items() if k not in ("curve", "log_tail", "extra")}
+    print(f"[evotrain result] {json.dumps(shown)}", file=sys.stderr)
+    if not result.status.is_ok():
+        print(result.log_tail, file=sys.stderr)
+    raise SystemExit(0 if result.status.is_ok() else 1)
 
 
 def __getattr__(name: str) -> Any:

@@ -1,87 +1,68 @@
-"""One training run as the runtime sees it: budget accounting, batches, probes, finish.
+"""One training run as the sandboxed runtime sees it: a client of the runner's batch server.
 
-The session keeps time and token counts itself; the script only asks whether to go on.
-Any breach of the contract is sent to the runner at once, so a script that catches the
-exception and carries on still gets the failing status.
+Nothing here is a boundary: this code runs in the variant's own process, which can change any of
+it. It is the convenient, honest way to follow the contract. The runner outside decides what
+counts (trainer/batch_server.py: batches, tokens, time, the budget) and the trusted scorer what
+the model scores (trainer/scorer.py). The session asks the runner whether to start a step, takes
+batches from it, reports each step's loss, runs the probes the runner asks for on the held-out
+training rows it sends, and in `finish` exports the model for scoring. Any breach the runner
+reports ends the run there, so a script that catches the exception gains nothing.
 """
 from __future__ import annotations
 
 import math
 import platform
-import resource
-import time
+import socket
 from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
 
-from trainer.batches import TrainBatches
-from trainer.budget import BudgetUnit
-from trainer.datasets import PreparedDataset
-from trainer.evaluation import RunFailure, bits_per_byte, find_leak, validation_rows
+from trainer import protocol
+from trainer.budget import Budget
+from trainer.evaluation import RunFailure, bits_per_byte
+from trainer.graph import GraphError, export_model
 from trainer.result import Status
-from trainer.spec import RunSpec
 
-_MAX_MICRO_BATCHES = 1024      # batches between two step() calls before we call it a contract breach
-_FINISH_GRACE_SECONDS = 10.0   # time allowed between the last step() and finish() ...
-_FINISH_GRACE_FRACTION = 0.1   # ... or this share of the training time, whichever is larger
-_PROGRESS_EVERY_SECONDS = 1.0
-_LEAK_CHECK_ROWS = 2
+_MAX_REPLY_BYTES = 1 << 31
+MODEL_FILE = "model.bin"  # in the scratch folder (the working directory)
 
 
 class TrainingSession:
-    def __init__(self, spec: RunSpec, channel, launched: float | None = None) -> None:
-        self._launched = time.perf_counter() if launched is None else launched
-        self.spec = spec
-        self._channel = channel
-        self.device = torch.device(spec.device)
+    def __init__(self, config: dict, connection: socket.socket) -> None:
+        self._connection = connection
+        self.device = torch.device(config["device"])
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise RunFailure(Status.INVALID, f"device {spec.device} requested but CUDA is not available")
-        self.dtype = getattr(torch, spec.profile.dtype)
-        self.seed = spec.seed
-        self.seq_len = spec.profile.seq_len
-        self.budget = spec.budget
-        if spec.threads:
-            torch.set_num_threads(spec.threads)
-        torch.manual_seed(spec.seed)
-        np.random.seed(spec.seed)
-
-        dataset = PreparedDataset.load(spec.dataset_root)
-        self.vocab_size = dataset.vocab_size
-        self._token_bytes = torch.from_numpy(np.asarray(dataset.token_bytes(), dtype=np.int64))
-        self._batches = TrainBatches(dataset.tokens("train"), self.seq_len, spec.seed, self.device)
-        self._eval_inputs, self._eval_targets = validation_rows(
-            dataset.tokens(spec.split), self.seq_len, spec.profile.eval_tokens
-        )
-
-        self._tokens = 0
-        self._timed_tokens = 0       # tokens of steps whose time counts (warm-up steps excluded)
-        self._step_tokens = 0
+            self._fail(Status.INVALID, f"device {config['device']} requested but CUDA is not available")
+        self.dtype = getattr(torch, config["dtype"])
+        self.seed = config["seed"]
+        self.seq_len = config["seq_len"]
+        self.vocab_size = config["vocab_size"]
+        self.budget = Budget.from_dict(config["budget"])
+        self._export_rows = config["export_rows"]
+        self._token_bytes = torch.tensor(config["token_bytes"], dtype=torch.int64)
+        if config["threads"]:
+            torch.set_num_threads(config["threads"])
+        torch.manual_seed(self.seed)
+        np.random.seed(self.seed)
+        self._progress = 0.0
         self._steps = 0
-        self._micro_batches = 0
-        self._training_seconds = 0.0
-        self._started: float | None = None  # first batch: start-up ends here
-        self._mark = 0.0             # end of the last accounted interval
-        self._last_progress_event = 0.0
-        self._last_loss: float | None = None
-        self._pending_probes = sorted(spec.probes)
-        self._curve: list[dict] = []
+        self._declared = False
         self._failed = False
         self._finished = False
-        self._send("start", device=str(self.device), dtype=spec.profile.dtype, torch=torch.__version__,
-                   python=platform.python_version(), vocab_size=self.vocab_size, seq_len=self.seq_len,
-                   threads=torch.get_num_threads(), eval_tokens=int(self._eval_targets.numel()))
+        self._send({"type": "start", "device": str(self.device), "dtype": config["dtype"], "torch": torch.__version__,
+                    "python": platform.python_version(), "vocab_size": self.vocab_size, "seq_len": self.seq_len,
+                    "threads": torch.get_num_threads()})
 
     # ---------------------------------------------------------------- the contract
     def progress(self) -> float:
-        """Fraction of the budget spent, for schedules that scale with the budget."""
-        if self.budget.unit is BudgetUnit.TOKENS:
-            return self._tokens / self.budget.amount
-        return self._training_seconds / self.budget.amount
+        """Fraction of the budget spent, as the runner counted it at the last exchange."""
+        return self._progress
 
     def keep_training(self) -> bool:
         self._check_open()
-        return self.progress() < 1.0
+        reply, _ = self._ask({"type": "begin"})
+        return bool(reply["go"])
 
     def next_batch(self, batch_size: int, seq_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_open()
@@ -89,66 +70,42 @@ class TrainingSession:
         if not (isinstance(batch_size, int) and batch_size > 0 and isinstance(seq_len, int) and 0 < seq_len <= self.seq_len):
             self._fail(Status.INVALID, f"next_batch needs batch_size > 0 and 0 < seq_len <= {self.seq_len}, "
                                        f"but got {batch_size=}, {seq_len=}")
-        if self._micro_batches == 0 and self.progress() >= 1.0:
-            self._fail(Status.OVER_BUDGET, f"a new step started after the {self.budget} budget was spent; "
-                                           "ask runtime.keep_training() before each step")
-        self._micro_batches += 1
-        if self._micro_batches > _MAX_MICRO_BATCHES:
-            self._fail(Status.INVALID, "call runtime.step(model, loss) once per optimizer step")
-        if self._started is None:
-            self._started = self._mark = time.perf_counter()
-        tokens = batch_size * seq_len
-        self._tokens += tokens
-        self._step_tokens += tokens
-        return self._batches.next(batch_size, seq_len)
+        reply, payload = self._ask({"type": "batch", "rows": batch_size, "seq_len": seq_len})
+        window = torch.from_numpy(_rows(reply, payload).astype(np.int64))
+        if self.device.type == "cuda":
+            window = window.pin_memory().to(self.device, non_blocking=True)
+        return window[:, :-1], window[:, 1:]
 
     def step(self, model: torch.nn.Module, loss: torch.Tensor | float) -> None:
         self._check_open()
-        if self._micro_batches == 0:
-            self._fail(Status.INVALID, "runtime.step() was called without a runtime.next_batch() before it")
         value = float(loss.detach().float().item() if isinstance(loss, torch.Tensor) else loss)
-        self._sync()
-        now = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         self._steps += 1
-        if self._steps > self.spec.profile.warmup_steps:
-            self._training_seconds += now - self._mark
-            self._timed_tokens += self._step_tokens
-        self._mark = now
-        self._micro_batches = 0
-        self._step_tokens = 0
-        if not math.isfinite(value):
-            self._fail(Status.NAN, f"training loss became {value} at step {self._steps}")
-        self._last_loss = value
-        if self._pending_probes and self.progress() >= self._pending_probes[0]:
-            self._probe(model)
-        elif now - self._last_progress_event >= _PROGRESS_EVERY_SECONDS:
-            self._send("progress", **self._counters(), train_loss=value)
-            self._last_progress_event = now
+        report = {"type": "step", "loss": value if math.isfinite(value) else str(value)}
+        if not self._declared:  # a FLOP budget is metered by it (and checked by the scorer); else it is informative
+            report["flops_per_token"] = self._forward_flops_per_token(model)
+            self._declared = True
+        reply, payload = self._ask(report)
+        if reply.get("probe"):
+            self._probe(model, _rows(reply, payload))
 
     def finish(self, model: torch.nn.Module) -> None:
         self._check_open()
-        gap = time.perf_counter() - self._mark
-        grace = max(_FINISH_GRACE_SECONDS, _FINISH_GRACE_FRACTION * self._training_seconds)
-        if self._steps and gap > grace:
-            self._fail(Status.OVER_BUDGET, f"{gap:.1f}s passed between the last runtime.step() and finish() "
-                                           f"(allowed {grace:.1f}s): work after training is not measured")
         self._finished = True
-        finish_started = time.perf_counter()
         model.eval()
+        example = torch.zeros(self._export_rows, self.seq_len, dtype=torch.int64, device=self.device)
         try:
-            leak = find_leak(model, self._eval_inputs[:_LEAK_CHECK_ROWS], self.vocab_size, self.autocast(),
-                             self.device, relative_tolerance=1e-4 if self.dtype == torch.float32 else 1e-2)
-            if leak:
-                self._send("result", status=Status.LEAK.value, message=leak, **self._metrics(model, finish_started))
-                return
-            val_bpb = self._bpb(model, self._eval_inputs, self._eval_targets)
-        except RunFailure as failure:
-            self._failed = True
-            self._send("error", status=failure.status.value, message=str(failure))
-            raise
-        status, message = (Status.OK, "") if math.isfinite(val_bpb) else (Status.NAN, f"validation loss is {val_bpb}")
-        self._send("result", status=status.value, message=message,
-                   val_bpb=val_bpb if math.isfinite(val_bpb) else None, **self._metrics(model, finish_started))
+            description, data = export_model(model, example)
+        except GraphError as error:
+            self._finished = False
+            self._fail(Status.INVALID, str(error))
+        with open(MODEL_FILE, "wb") as file:  # the runner passes the file itself on to the scorer
+            file.write(data)
+        report = {"type": "model", "graph": description, "parameters": sum(p.numel() for p in model.parameters())}
+        if self.device.type == "cuda":  # device memory: the runner measures only the host's
+            report["peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        protocol.send(self._connection, report)
 
     def autocast(self) -> AbstractContextManager:
         if self.dtype == torch.float32:
@@ -159,53 +116,56 @@ class TrainingSession:
     def finished(self) -> bool:
         return self._finished or self._failed
 
+    # ---------------------------------------------------------------- how a run ends
+    def report(self, status: Status, message: str) -> None:
+        """How the script ended before its model was handed over (raised, exited, never finished)."""
+        if not self.finished:
+            self._failed = True
+            self._send({"type": "error", "status": status.value, "message": message})
+
     # ---------------------------------------------------------------- internals
-    def _probe(self, model: torch.nn.Module) -> None:
-        rows = self.spec.profile.probe_rows
+    def _probe(self, model: torch.nn.Module, rows: np.ndarray) -> None:
         was_training = model.training
         model.eval()
+        window = torch.from_numpy(rows.astype(np.int64))
         try:
-            val_bpb = self._bpb(model, self._eval_inputs[:rows], self._eval_targets[:rows])
+            value = bits_per_byte(model, window[:, :-1], window[:, 1:], self._token_bytes, len(window),
+                                  self.autocast(), self.device)
         except RunFailure as failure:
             self._fail(failure.status, str(failure))
         model.train(was_training)
-        while self._pending_probes and self.progress() >= self._pending_probes[0]:
-            self._pending_probes.pop(0)
-        point = {**self._counters(), "val_bpb": val_bpb, "train_loss": self._last_loss}
-        self._curve.append(point)
-        self._send("probe", **point)
-        self._mark = time.perf_counter()  # evaluation time is not training time
+        self._ask({"type": "probe", "val_bpb": value if math.isfinite(value) else str(value)})
 
-    def _bpb(self, model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-        return bits_per_byte(model, inputs, targets, self._token_bytes, self.spec.profile.eval_batch_rows,
-                             self.autocast(), self.device)
+    def _forward_flops_per_token(self, model: torch.nn.Module) -> float | None:
+        """torch's FlopCounterMode on one row of the scoring context (cheap once torch.optim has loaded
+        torch._dynamo); None for a model it cannot count (a compiled one, say)."""
+        from torch.utils.flop_counter import FlopCounterMode
 
-    def _counters(self) -> dict:
-        return {"progress": round(min(self.progress(), 1.0), 4), "step": self._steps, "tokens": self._tokens,
-                "seconds": round(self._training_seconds, 3)}
+        was_training = model.training
+        model.eval()
+        counter = FlopCounterMode(display=False)
+        try:
+            with torch.no_grad(), counter, self.autocast():
+                model(torch.zeros(1, self.seq_len, dtype=torch.int64, device=self.device))
+        except Exception:  # noqa: BLE001 - the count is the runtime's courtesy; the scorer checks FLOP budgets
+            return None
+        finally:
+            model.train(was_training)
+        return counter.get_total_flops() / self.seq_len
 
-    def _metrics(self, model: torch.nn.Module, finish_started: float) -> dict:
-        started = self._started if self._started is not None else finish_started
-        return {
-            "startup_seconds": started - self._launched,  # interpreter, imports, data, model, first batch
-            "eval_seconds": time.perf_counter() - finish_started,  # leak check and validation
-            "steps": self._steps,
-            "tokens": self._tokens,
-            "training_seconds": self._training_seconds,
-            "tokens_per_second": self._timed_tokens / self._training_seconds if self._training_seconds else 0.0,
-            "peak_memory_mb": self._peak_memory_mb(),
-            "curve": self._curve,
-            "parameters": sum(p.numel() for p in model.parameters()),
-        }
-
-    def _peak_memory_mb(self) -> float:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+    def _ask(self, request: dict) -> tuple[dict, bytes]:
+        self._send(request)
+        try:
+            reply, payload, _ = protocol.recv(self._connection, _MAX_REPLY_BYTES)
+        except (EOFError, OSError, protocol.ProtocolError) as error:
+            self._failed = True
+            raise RunFailure(Status.CRASH, f"the runner went away: {error}") from None
+        if "progress" in reply:
+            self._progress = reply["progress"]
+        if reply.get("refused"):
+            self._failed = True
+            raise RunFailure(Status(reply["status"]), reply["message"])
+        return reply, payload
 
     def _check_open(self) -> None:
         if self._failed:
@@ -215,8 +175,12 @@ class TrainingSession:
 
     def _fail(self, status: Status, message: str) -> None:
         self._failed = True
-        self._send("error", status=status.value, message=message)
+        self._send({"type": "error", "status": status.value, "message": message})
         raise RunFailure(status, message)
 
-    def _send(self, event: str, **fields) -> None:
-        self._channel.send({"event": event, **fields})
+    def _send(self, message: dict) -> None:
+        protocol.send(self._connection, message)
+
+
+def _rows(reply: dict, payload: bytes) -> np.ndarray:
+    return np.frombuffer(payload, dtype=reply["dtype"]).reshape(reply["shape"])

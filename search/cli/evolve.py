@@ -27,6 +27,9 @@ def config_options(command: Callable) -> Callable:
         else:
             kind = meta["kind"] or type(field.default)
         default = meta["shown"] if meta["parse"] is not None and meta["shown"] is not None else field.default
+        if kind is bool:
+            command = click.option(flag, field.name, is_flag=True, default=default, help=meta["help"])(command)
+            continue
         command = click.option(flag, field.name, type=kind, default=default, show_default=default not in (None, ""),
                                help=meta["help"])(command)
     return command

@@ -64,13 +64,18 @@ class _ProgressView:
 @click.option("--split", type=click.Choice(["val", "test"]), default="val", show_default=True,
               help="Split that finish() scores; test is for final validation only.")
 @click.option("--log", "log_path", type=click.Path(path_type=Path), default=None, help="Keep the run's log here.")
+@click.option("--compat", is_flag=True, help="Accept a score the script prints itself (autoresearch style, "
+              "without the runtime): compatibility mode, marked untrusted.")
+@click.option("--require-isolation", is_flag=True, help="Refuse to run where variants cannot get their own "
+              "namespaces (the process sandbox is the fallback otherwise).")
 @FORMAT_OPTION
 def run(train_py: Path | None, budget: str | None, seed: int, device: str, dataset: str, tokenizer: str | None,
         threads: int, timeout_s: float | None, memory_mb: int | None, split: str, log_path: Path | None,
-        output_format: str) -> None:
+        compat: bool, require_isolation: bool, output_format: str) -> None:
     """Evaluate TRAIN_PY (default: the built-in baseline) once, in the sandboxed runner."""
     from trainer.baselines import BASELINE
     from trainer.runner import build_spec, default_timeout, resolve_device, run_variant, support_files
+    from trainer.trust import TrustPolicy, admit
 
     out = Output(output_format)
     script = train_py or BASELINE
@@ -82,7 +87,12 @@ def run(train_py: Path | None, budget: str | None, seed: int, device: str, datas
     out.note(f"running {script} on {device}, budget {spec.budget}, seed {seed}, {spec.split} split")
     with _ProgressView(out, script.name) as view:
         result = run_variant(script.read_text(), spec, timeout_s=timeout_s or default_timeout(spec.budget),
-                             memory_mb=memory_mb, log_path=log_path, on_event=view, support=support_files(script))
+                             memory_mb=memory_mb, log_path=log_path, on_event=view, support=support_files(script),
+                             compat=True if compat else None, require_isolation=require_isolation)
+    result = admit(result, TrustPolicy(allow_untrusted=compat, require_isolation=require_isolation))
+    compute = f"{result.cpu_seconds:.1f} CPU s" + (f", {result.flops:.3g} FLOPs" if result.flops else "")
+    if "compute_ratio" in result.extra:
+        compute += f", {result.extra['compute_ratio']:.2f}x its model's forward+backward"
     rows = [
         ("status", result.status.value + ("" if result.trusted else " (untrusted: printed by the script)")),
         ("val_bpb", f"{result.val_bpb:.4f}" if result.val_bpb is not None else "-"),
@@ -92,7 +102,9 @@ def run(train_py: Path | None, budget: str | None, seed: int, device: str, datas
         ("peak memory", f"{result.peak_memory_mb:,.0f} MB"),
         ("training", f"{result.training_seconds:.1f} s"),
         ("wall time", f"{result.wall_seconds:.1f} s (overhead {result.overhead_seconds:.1f} s)"),
+        ("compute", compute),
         ("device", result.device),
+        ("isolation", result.isolation),
     ]
     if result.message:
         rows.insert(1, ("reason", result.message))
