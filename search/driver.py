@@ -4,7 +4,8 @@ Phases, each recorded in the store as it starts: `search` (the strategy's; it ma
 stages, such as combine or confirm), `test` (the strategy's answer against the baseline on the
 held-out split with fresh seeds) and `done`. The driver is the only writer of the store; the
 strategy decides what runs and what it means (search/strategies/_base.py). Kill it at any
-moment and run it again: finished evaluations are kept, running ones run again.
+moment and run it again: finished evaluations are kept, running ones are forgotten (the
+strategy asks again for what it still needs).
 """
 from __future__ import annotations
 
