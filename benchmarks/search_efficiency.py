@@ -6,7 +6,7 @@
     # a small version: 3 tasks, 2 noise levels, 2 budgets (under 10 minutes on 2 cores)
     .venv/bin/python benchmarks/search_efficiency.py synthetic --quick --out /tmp/quick.csv
 
-    # the real task: the CPU baseline, the catalog, real sandboxed runs (hours on 2 cores)
+    # the real task: the CPU baseline, the catalog, real sandboxed runs (70 minutes on 2 cores)
     .venv/bin/python benchmarks/search_efficiency.py real --compute 6M \
         --out benchmarks/results/search_efficiency_real.csv
 
@@ -50,7 +50,7 @@ from population.store import DecisionKind, Store
 from search.config import EvolveConfig
 from search.driver import Driver
 from search.progress import NullReporter
-from trainer.budget import Budget
+from trainer.budget import Budget, BudgetUnit
 
 STRATEGIES = ("additive", "greedy", "asha", "tpe")
 DEFAULT = "additive"
@@ -158,21 +158,22 @@ def _real_row(strategy: str, config: EvolveConfig, result: dict, args: argparse.
         total = Budget.parse(config.compute).amount
         checkpoints = [(share, next((v for c, v in reversed(trace) if c <= share * total), rerun.baseline.id))
                        for share in CHECKPOINTS]
-        withouts = [row["without"] for row in result["ablation"] if row.get("without")]
+        withouts = [row["without"] for row in result["ablation"] if row.get("without") and args.false_keeps]
         rerun.test([v for _, v in checkpoints] + withouts, seeds)
         base = rerun.test_scores(rerun.baseline.id, seeds)
         stack = rerun.test_scores(result["stack"], seeds)
         test = paired(stack, base) if result["stack"] != rerun.baseline.id else None
-        false = [row["atom"] for row in result["ablation"] if row.get("without")
+        false = [row["atom"] for row in result["ablation"] if row.get("without") and args.false_keeps
                  and (d := paired(stack, rerun.test_scores(row["without"], seeds))) is not None and d.mean >= 0]
         curve = [{"strategy": strategy, "share": share, "compute": share * total,
                   "test_delta": _mean(paired(rerun.test_scores(v, seeds), base)) if v != rerun.baseline.id else 0.0}
                  for share, v in checkpoints]
-        spent = sum(e.result.tokens for e in store.evaluations() if e.split == "val" and e.result)
-        return {"strategy": strategy, "default": strategy == DEFAULT, "compute": spent,
+        unit = Budget.parse(config.compute).unit
+        spent = sum(e.result.spent(unit) for e in store.evaluations() if e.split == "val" and e.result)
+        return {"strategy": strategy, "default": strategy == DEFAULT, "compute": spent, "unit": unit.value,
                 "test_delta": _mean(test), "ci_low": test.ci_low if test else 0.0,
                 "ci_high": test.ci_high if test else 0.0, "kept": len(result["ablation"]),
-                "false_keeps": len(false), "kept_changes": " ".join(r["atom"] for r in result["ablation"]),
+                "false_keeps": len(false) if args.false_keeps else math.nan, "kept_changes": " ".join(r["atom"] for r in result["ablation"]),
                 "false_kept": " ".join(false), "evaluations": sum(1 for e in store.evaluations() if e.split == "val"),
                 "curve": curve}
     finally:
@@ -270,19 +271,19 @@ def synthetic_plot(curves: list[dict], rows: list[dict], path: Path) -> None:
 def real_markdown(rows: list[dict], command: str) -> str:
     lines = ["# Search efficiency on the real task (the CPU baseline and the catalog)", "",
              f"Command: `{command}` ({datetime.now(timezone.utc):%Y-%m-%d}, {os.cpu_count()} CPU cores). Every "
-             "strategy through `search evolve`'s driver with the same `--compute` (training tokens). Test delta = the "
-             "answer minus the baseline on the held-out test split, fresh seeds; false keeps = kept changes whose "
-             "removal does not hurt on those seeds.", "",
-             "| strategy | test delta val_bpb [95% CI] | kept | false keeps | compute (M tokens) | runs |",
+             f"strategy through `search evolve`'s driver with the same `--compute` ({rows[0]['unit']}). Test delta = "
+             "the answer minus the baseline on the held-out test split, fresh seeds; false keeps = kept changes whose "
+             "removal does not hurt on those seeds (nan: not measured, --no-false-keeps).", "",
+             "| strategy | test delta val_bpb [95% CI] | kept | false keeps | compute | runs |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['strategy']} | {r['test_delta']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | "
                      f"{r['kept']} ({r['kept_changes']}) | {r['false_keeps']} {r['false_kept']} | "
-                     f"{r['compute'] / 1e6:.2f} | {r['evaluations']} |")
+                     f"{Budget(r['compute'], BudgetUnit(r['unit']))} | {r['evaluations']} |")
     return "\n".join(lines) + "\n"
 
 
-def real_plot(curves: list[dict], path: Path) -> None:
+def real_plot(curves: list[dict], unit: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -291,8 +292,8 @@ def real_plot(curves: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for strategy in sorted({c["strategy"] for c in curves}):
         points = sorted((c["compute"], c["test_delta"]) for c in curves if c["strategy"] == strategy)
-        ax.plot([p[0] / 1e6 for p in points], [p[1] for p in points], marker="o", label=strategy)
-    ax.set_xlabel("compute (M training tokens)")
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=strategy)
+    ax.set_xlabel(f"compute ({unit})")
     ax.set_ylabel("held-out delta of the incumbent")
     ax.legend()
     fig.tight_layout()
@@ -326,13 +327,16 @@ def main() -> None:
     syn.add_argument("--quick", action="store_true", help="3 tasks, noise 0.01 and 0.03, 16 and 36 runs")
     syn.add_argument("--out", type=Path, required=True, help="the CSV to write (.md and .png beside it)")
     real = tasks.add_parser("real", help="the CPU baseline and the catalog, real runs")
-    real.add_argument("--compute", default="6M", help="training tokens each strategy spends")
+    real.add_argument("--compute", default="6M", help="what each strategy spends: training tokens (6M) or FLOPs "
+                      "(29.4Tflop: 20 runs of the baseline's 1.47Tflop, the compute-matched unit)")
     real.add_argument("--budget", default="300k", help="one full run (search evolve's default on CPU)")
     real.add_argument("--strategies", type=_names, default=["additive", "greedy"])
     real.add_argument("--runs-dir", default="runs/efficiency", help="one run directory per strategy (reused)")
     real.add_argument("--workers", type=int, default=2)
     real.add_argument("--seed", type=int, default=0)
     real.add_argument("--test-seeds", type=int, default=3)
+    real.add_argument("--no-false-keeps", dest="false_keeps", action="store_false",
+                      help="skip leaving each kept change out on the test seeds (the slowest part)")
     real.add_argument("--out", type=Path, required=True, help="the CSV to write (.md and .png beside it)")
     args = parser.parse_args()
 
@@ -352,7 +356,7 @@ def main() -> None:
         write_csv(rows, args.out)
         write_csv(curves, args.out.with_name(args.out.stem + "_anytime.csv"))
         text = real_markdown(rows, command)
-        real_plot(curves, args.out.with_suffix(".png"))
+        real_plot(curves, rows[0]["unit"], args.out.with_suffix(".png"))
     args.out.with_suffix(".md").write_text(text)
     print(text)
 

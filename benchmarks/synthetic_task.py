@@ -30,10 +30,11 @@ from mutations.diff import structural_diff
 from mutations.knobs import extract_knobs
 from mutations.sources._base import Expectation, MutationSource, NoProposal, Proposal, ProposalRequest
 from search.executors import EvalJob, Executor, Running, Slot
-from trainer.budget import Budget
+from trainer.budget import Budget, BudgetUnit
 from trainer.result import EvalResult, Status
 
 FULL_BUDGET = "300k"
+FLOPS_PER_TOKEN = 5e6  # training FLOPs per token of a model of about 0.8M parameters: what a FLOP limit counts
 _FEATURE = re.compile(r"def (feature_\d+)\(\):\n    return (True|False)\n")
 
 
@@ -221,8 +222,10 @@ class SyntheticExecutor(Executor):
         budget = job.spec.budget
         fraction = min(1.0, budget.amount / self._full)
         value = self.task.observed(job.source, fraction, job.spec.seed, job.spec.split)
+        tokens = budget.amount if budget.unit is BudgetUnit.TOKENS else budget.amount / FLOPS_PER_TOKEN
         self._done.append((job, EvalResult(
-            status=Status.OK, val_bpb=value, steps=1, tokens=int(budget.amount), training_seconds=1.0,
+            status=Status.OK, val_bpb=value, steps=1, tokens=int(tokens), flops=tokens * FLOPS_PER_TOKEN,
+            training_seconds=1.0,
             wall_seconds=1.0, device="cpu", budget=str(budget), budget_unit=budget.unit.value, seed=job.spec.seed,
             split=job.spec.split, isolation="synthetic")))
 

@@ -37,6 +37,7 @@ class Limits:
     enough_children: bool = False  # --generations reached
     children: int = 0              # new candidates so far (what --generations counts)
     runs_left: float | None = None  # full-budget runs the limits still allow, as the driver estimates them
+    compute_runs: float | None = None  # full-budget runs --compute buys in all, at the driver's cost per run
 
 
 class Search:
@@ -64,6 +65,11 @@ class Search:
     def runs_left(self) -> float | None:
         """About how many more full-budget runs the search's limits allow (None: no estimate yet)."""
         return self._limits.runs_left
+
+    @property
+    def compute_runs(self) -> float | None:
+        """About how many full-budget runs --compute buys in all (None: no --compute, or no estimate yet)."""
+        return self._limits.compute_runs
 
     @property
     def out_of_time(self) -> bool:

@@ -228,6 +228,7 @@ class Driver:
         if config.compute_limit is not None:
             run = self._run_cost(config.compute_limit.unit)
             if run:
+                self.limits.compute_runs = config.compute_limit.amount / run
                 estimates.append((config.compute_limit.amount - self.compute_committed()) / run)
         walls = [r.wall_seconds for q, r in self.evaluator.items()
                  if q.split == "val" and q.budget == config.top_budget]
@@ -242,7 +243,7 @@ class Driver:
         """Compute of every non-test evaluation, finished or running, in --compute's unit (tokens, seconds or FLOPs;
         a running evaluation counts what a full-budget run has cost so far on average)."""
         unit = self.config.compute_limit.unit if self.config.compute_limit else BudgetUnit.TOKENS
-        done = sum(_compute(result, unit) for request, result in self.evaluator.items() if request.split != "test")
+        done = sum(result.spent(unit) for request, result in self.evaluator.items() if request.split != "test")
         running = [r for r in self.evaluator.in_flight() if r.split != "test"]
         return done + sum(r.budget.amount if r.budget.unit is unit else self._run_cost(unit) or 0.0 for r in running)
 
@@ -251,7 +252,7 @@ class Driver:
         top = self.config.top_budget
         if top.unit is unit:
             return top.amount
-        spent = [_compute(r, unit) for q, r in self.evaluator.items() if q.split == "val" and q.budget == top]
+        spent = [r.spent(unit) for q, r in self.evaluator.items() if q.split == "val" and q.budget == top]
         return sum(spent) / len(spent) if spent else None
 
     def _record_incumbent(self) -> None:
@@ -305,10 +306,6 @@ class Driver:
             self.store.set_meta("elapsed", snapshot.elapsed)
             if self.phase == "search":
                 self.store.set_meta("search_seconds", self.search_seconds)
-
-
-def _compute(result: EvalResult, unit: BudgetUnit) -> float:
-    return {BudgetUnit.TOKENS: result.tokens, BudgetUnit.FLOPS: result.flops}.get(unit, result.wall_seconds)
 
 
 def _versions() -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from search.config import EvolveConfig  # noqa: E402
 from search.driver import Driver, Stopped  # noqa: E402
 from search.progress import NullReporter  # noqa: E402
 from search.strategies import STRATEGIES  # noqa: E402
+from trainer.budget import Budget, BudgetUnit  # noqa: E402
 from trainer.errors import UserError  # noqa: E402
 
 RUNS = 14
@@ -132,6 +134,17 @@ def test_a_stopped_search_resumes_where_it_was_and_reruns_nothing(strategy, stop
     store = Store(config.storage_url())
     assert store.meta()["phase"] == "done"
     store.close()
+
+
+@pytest.mark.parametrize("strategy", ["additive", "greedy"])
+def test_a_compute_limit_in_flops_is_spent_and_not_overrun(strategy, task, tmp_path):
+    run = Budget.parse("300k").amount * synthetic.FLOPS_PER_TOKEN
+    config = replace(_config(tmp_path, task, strategy), compute=str(Budget(12 * run, BudgetUnit.FLOPS)))
+    _run(config, task)
+    store = Store(config.storage_url())
+    spent = sum(e.result.flops for e in store.evaluations() if e.split == "val")
+    store.close()
+    assert 11 * run <= spent <= 14 * run  # what was running when the limit came (2 slots) finishes
 
 
 def test_greedy_runs_one_idea_at_a_time_on_one_seed_and_keeps_what_is_lower(task, tmp_path):

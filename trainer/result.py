@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 
+from trainer.budget import BudgetUnit
+
 
 class Status(str, Enum):
     OK = "ok"
@@ -64,6 +66,10 @@ class EvalResult:
     def overhead_seconds(self) -> float:
         """Wall time not spent training: start-up, imports, data, evaluation, teardown."""
         return max(0.0, self.wall_seconds - self.training_seconds)
+
+    def spent(self, unit: BudgetUnit) -> float:
+        """The compute this run spent in a budget unit: tokens, FLOPs, or wall seconds."""
+        return {BudgetUnit.TOKENS: self.tokens, BudgetUnit.FLOPS: self.flops}.get(unit, self.wall_seconds)
 
     def to_dict(self) -> dict:
         data = asdict(self)

@@ -105,14 +105,18 @@ def _show(out: Output, run_dir: Path, result: dict) -> None:
     def shown(data: dict | None) -> str:
         return str(Paired.from_dict(data)) if data else "-"
 
-    def model(row: dict) -> str:
+    def member(row: dict) -> str:
+        """What was measured of one member (runs alone and left out, asha) and what the model says (additive)."""
+        parts = [f"{label} {shown(row[key])}" for label, key in (("alone", "add_one"), ("in the stack", "leave_one_out"))
+                 if row.get(key)]
         estimate = (row.get("model") or {}).get("leave_one_out")
-        return f"; model {estimate['mean']:+.4f} ± {estimate['sd']:.4f}" if estimate else ""
+        if estimate:
+            parts.append(f"model {estimate['mean']:+.4f} ± {estimate['sd']:.4f}")
+        return "; ".join(parts) or "-"
 
     rows = [("stack", f"{result['stack'][:8]} ({len(result['members'])} changes, {result['strategy']})"),
-            *((f"  {row['atom']}", f"alone {shown(row['add_one'])}; in the stack {shown(row['leave_one_out'])}"
-               f"{model(row)}") for row in result["ablation"]),
-            ("val delta", shown(result["val_delta"])),
+            *((f"  {row['atom']}", member(row)) for row in result["ablation"]),
+            *([("val delta", shown(result["val_delta"]))] if result.get("val_delta") else []),
             ("test delta", shown(result["test_delta"]) + "  (held-out split, fresh seeds)"),
             ("patch", result["files"]["patch"]),
             ("status", f"search status {run_dir}")]

@@ -124,16 +124,13 @@ class AdditiveStrategy(Strategy):
     def _reserved(self) -> bool:
         """Under --compute, the confirmation runs come out of the same compute: stop searching when only they are
         left (at most CONFIRM_SHARE of it)."""
-        config, left = self.search.config, self.search.runs_left
-        if not config.compute or left is None:
+        left = self.search.runs_left
+        if not self.search.config.compute or left is None:
             return False
-        runs = config.compute_limit.amount / config.top_budget.amount
-        return left <= self._confirm_runs(runs)
+        return left <= self._confirm_runs()
 
-    def _confirm_runs(self, runs: float | None = None) -> int:
-        config = self.search.config
-        if runs is None and config.compute:
-            runs = config.compute_limit.amount / config.top_budget.amount
+    def _confirm_runs(self) -> int:
+        config, runs = self.search.config, self.search.compute_runs
         return config.confirm_runs if runs is None else min(config.confirm_runs, int(CONFIRM_SHARE * runs))
 
     def tell(self, request: Request, result: EvalResult) -> None:
