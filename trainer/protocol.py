@@ -15,6 +15,7 @@ import struct
 from collections.abc import Sequence
 
 _PREFIX = struct.Struct("!II")
+MODEL_FILE = "model.bin"  # the exported model's tensors, left in the training process's scratch folder
 MAX_HEADER_BYTES = 1 << 24  # an exported model's description: ~130 bytes per operator call
 
 

@@ -37,7 +37,7 @@ from trainer.compute import Compute, measure
 from trainer.datasets import PreparedDataset, prepare
 from trainer.errors import UserError
 from trainer.plan import PlanError, plan_frame, plan_sizes, scoring_plan
-from trainer.protocol import reported_number
+from trainer.protocol import MODEL_FILE, reported_number
 from trainer.result import CurvePoint, EvalResult, Status
 from trainer.sandbox import Child, isolation_level, start_child
 from trainer.spares import Spares
@@ -47,7 +47,6 @@ from trainer.trust import TrustPolicy, check_machine
 
 _SMOKE_EVAL_TOKENS = 1024
 _CURVE_FIELDS = ("progress", "step", "tokens", "seconds", "val_bpb", "train_loss")
-_MODEL_FILE = "model.bin"  # the exported model's tensors, in the training process's scratch folder
 _START_FIELDS = {"device": str, "dtype": str, "torch": str, "python": str, "vocab_size": int, "seq_len": int,
                  "threads": int}
 _FLOP_DECLARATION_SLACK = 1.02  # the scorer's count of the forward FLOPs may exceed the declared one by 2%
@@ -231,7 +230,7 @@ def _train(child: Child, source: str, spec: RunSpec, dataset: PreparedDataset, c
             emit({"event": "start", **training.start})
             return False
         if kind == "model":
-            training.model = (header.get("graph"), child.take_file(_MODEL_FILE))
+            training.model = (header.get("graph"), child.take_file(MODEL_FILE))
             parameters = reported_number(header.get("parameters"))  # as the runtime counted them: informative only
             training.start["parameters"] = int(parameters) if parameters is not None else None
             training.export_seconds = server.since_last_step()
@@ -269,7 +268,7 @@ def _score(child: Child, training: _Training, spec: RunSpec, dataset: PreparedDa
            watch: Watch) -> dict:
     description, weights = training.model
     if weights is None:
-        return {"status": Status.INVALID.value, "message": f"finish() left no readable {_MODEL_FILE} with the model"}
+        return {"status": Status.INVALID.value, "message": f"finish() left no readable {MODEL_FILE} with the model"}
     try:
         return _scored(child, description, weights, spec, dataset, log_fd, watch)
     finally:

@@ -25,7 +25,6 @@ from trainer.graph import GraphError, export_model
 from trainer.result import Status
 
 _MAX_REPLY_BYTES = 1 << 31
-MODEL_FILE = "model.bin"  # in the scratch folder (the working directory)
 
 
 class TrainingSession:
@@ -100,7 +99,7 @@ class TrainingSession:
         except GraphError as error:
             self._finished = False
             self._fail(Status.INVALID, str(error))
-        with open(MODEL_FILE, "wb") as file:  # the runner passes the file itself on to the scorer
+        with open(protocol.MODEL_FILE, "wb") as file:  # the runner passes the file itself on to the scorer
             file.write(data)
         report = {"type": "model", "graph": description, "parameters": sum(p.numel() for p in model.parameters())}
         if self.device.type == "cuda":  # device memory: the runner measures only the host's

@@ -25,8 +25,8 @@ from trainer.result import Status
 from trainer.sandbox import Child
 
 _POLL_SECONDS = 0.2
-_SEND_TIMEOUT_SECONDS = 30.0
-_EXIT_PATIENCE_SECONDS = 5.0  # for a process whose socket closed to finish exiting  # a child that reads none of its answers for this long has stalled
+_SEND_TIMEOUT_SECONDS = 30.0  # a child that reads none of its answers for this long has stalled
+_EXIT_PATIENCE_SECONDS = 5.0  # for a process whose socket closed to finish exiting
 _LOG_TAIL_LINES = 40
 _LOG_TAIL_CHARS = 4000
 
