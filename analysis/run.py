@@ -22,6 +22,7 @@ from population.store import DATABASE, Decision, Evaluation, Store, Variant
 from population.ladder import Ladder
 from trainer.budget import Budget
 from trainer.errors import UserError
+from trainer.program import Program
 
 _HOW = "give the directory of a `search evolve` run or its database URL"
 
@@ -126,11 +127,18 @@ class Run:
         return self.result["stack"] if self.result else None
 
     def source(self, variant_id: str) -> str:
-        """The train.py source of a variant."""
+        """The train.py source of a variant (of a script with local modules, its script: see `files`)."""
+        return Program.parse(self._variant(variant_id).source).script
+
+    def files(self, variant_id: str) -> dict[str, str]:
+        """Every file of a variant by name: its script, and the local modules of a multi-file baseline."""
+        return dict(Program.parse(self._variant(variant_id).source).files)
+
+    def _variant(self, variant_id: str) -> Variant:
         variant = self._variants.get(variant_id)
         if variant is None:
             raise UserError(f"no variant {variant_id!r} in {self.location}: see run.variants for the ids")
-        return variant.source
+        return variant
 
     # ---------------------------------------------------------------- records
     @cached_property

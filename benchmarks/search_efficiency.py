@@ -153,7 +153,6 @@ def _real_row(strategy: str, config: EvolveConfig, result: dict, args: argparse.
     rerun = Rerun(store, config.run_dir, args.workers)
     try:
         seeds = rerun.ladder.test_seeds(config.test_seeds)
-        budget = rerun.ladder.top.budget
         trace = [(d.detail["compute"], d.variant_id) for d in store.decisions() if d.kind == DecisionKind.INCUMBENT]
         total = Budget.parse(config.compute).amount
         checkpoints = [(share, next((v for c, v in reversed(trace) if c <= share * total), rerun.baseline.id))

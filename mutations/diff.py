@@ -11,7 +11,8 @@ import difflib
 
 import libcst as cst
 
-from mutations.edits import Action, Edit, Mutation, apply_mutation
+from mutations.edits import Action, ApplyError, Edit, Mutation, apply_mutation
+from trainer.program import Program, is_multi_file
 from mutations.units import START, Unit, class_members, class_shell, module_units
 
 
@@ -70,7 +71,10 @@ def _changed(base_module: cst.Module, new_module: cst.Module, old: Unit, now: Un
 
 
 def structural_diff(base: str, new: str, name: str = "", description: str = "") -> Mutation:
-    """The node edits from base to new; apply_mutation(base, result) == new, byte for byte."""
+    """The node edits from base to new; apply_mutation(base, result) == new, byte for byte.
+    Of two programs (trainer.program) with the same files, the edits of every file that changed."""
+    if is_multi_file(base) or is_multi_file(new):
+        return _program_diff(Program.parse(base), Program.parse(new), name, description)
     base_module, new_module = cst.parse_module(base), cst.parse_module(new)
     for members in (True, False):
         edits = _unit_edits(base_module, new_module, module_units(base_module), module_units(new_module), "", members)
@@ -80,6 +84,15 @@ def structural_diff(base: str, new: str, name: str = "", description: str = "") 
         if not edits or apply_mutation(base, mutation) == new:
             return mutation
     raise AssertionError(f"structural diff does not round-trip for {name or 'a mutation'}")
+
+
+def _program_diff(base: Program, new: Program, name: str, description: str) -> Mutation:
+    if base.names != new.names:
+        raise ApplyError("files", f"a change cannot add, remove or rename files ({', '.join(base.names)} became "
+                                  f"{', '.join(new.names)}); change the code inside them")
+    edits = [edit.qualified(base, file) for (file, old), (_, now) in zip(base.files, new.files) if old != now
+             for edit in structural_diff(old, now).edits]
+    return Mutation(tuple(edits), name, description)
 
 
 def invert(base: str, mutation: Mutation) -> Mutation:

@@ -15,6 +15,7 @@ from enum import Enum
 
 import libcst as cst
 
+from trainer.program import Program, is_multi_file
 from mutations.units import (FOOTER, MODULE, START, Unit, as_statements, class_members, module_units, parse_module,
                              parse_statements)
 
@@ -35,6 +36,18 @@ class Edit:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "action": self.action.value}
+
+    def in_file(self, program: Program) -> Edit:
+        """This edit with its addresses inside its file (`model.py::GPT` -> `GPT`)."""
+        name, target = program.locate(self.target)
+        if self.after and program.locate(self.after)[0] != name:
+            raise ApplyError("missing_target", f"{self.target} is inserted after {self.after}, in another file")
+        return replace(self, target=target, after=program.locate(self.after)[1] if self.after else "")
+
+    def qualified(self, program: Program, name: str) -> Edit:
+        """This edit of file `name` with addresses that say so."""
+        return replace(self, target=program.qualify(name, self.target),
+                       after=program.qualify(name, self.after) if self.after else "")
 
     @classmethod
     def from_dict(cls, data: dict) -> Edit:
@@ -140,9 +153,30 @@ def _is_member(address: str) -> bool:
 
 
 def apply_mutation(source: str, mutation: Mutation) -> str:
-    """The source with the mutation applied; ApplyError with a reason when it cannot be."""
+    """The source with the mutation applied; ApplyError with a reason when it cannot be.
+
+    `source` may be a multi-file program's text (trainer.program): each edit applies to the
+    file its address names."""
     if not mutation.edits:
         raise ApplyError("noop", "the mutation has no edits")
+    if not is_multi_file(source):
+        return _apply_to_file(source, mutation)
+    program = Program.parse(source)
+    try:
+        grouped = {name: Mutation(tuple(edit.in_file(program) for edit in edits))
+                   for name, edits in program.group(mutation.edits, lambda edit: edit.target).items()}
+    except KeyError as error:
+        raise ApplyError("missing_target", str(error.args[0])) from None
+    changed = {}
+    for name, local in grouped.items():
+        try:
+            changed[name] = _apply_to_file(program.source(name), local)
+        except ApplyError as error:
+            raise ApplyError(error.reason, f"{name}: {error}") from None
+    return program.with_sources(changed).text
+
+
+def _apply_to_file(source: str, mutation: Mutation) -> str:
     try:
         module = parse_module(source)
     except cst.ParserSyntaxError as error:

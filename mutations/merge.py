@@ -15,6 +15,7 @@ import libcst as cst
 
 from mutations.edits import Action, ApplyError, Edit, Mutation, apply_mutation
 from mutations.units import Unit, addressable_units, as_statements
+from trainer.program import SEPARATOR
 
 
 @dataclass(frozen=True)
@@ -132,9 +133,15 @@ def _slot(edit: Edit) -> str:
 
 
 def _owner(edit: Edit) -> str | None:
-    """The class whose member an edit targets, or None for a top-level edit."""
-    if "." in edit.target and not edit.target.startswith("<"):
-        return edit.target.split(".")[0]
+    return owning_class(edit.target)
+
+
+def owning_class(target: str) -> str | None:
+    """The class whose member an address names (`model.py::GPT` in a program's module), or None for
+    a top-level unit."""
+    file, separator, address = target.rpartition(SEPARATOR)
+    if "." in address and not address.startswith("<"):
+        return file + separator + address.split(".")[0]
     return None
 
 

@@ -15,11 +15,13 @@ class members; joining the codes of all units gives back the file byte for byte.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import libcst as cst
 import libcst.matchers as m
+
+from trainer.program import Program, is_multi_file
 
 MODULE = "<module>"
 FOOTER = "<footer>"
@@ -114,7 +116,12 @@ def class_members(module: cst.Module, node: cst.ClassDef) -> list[Unit] | None:
 
 
 def addressable_units(source: str) -> dict[str, Unit]:
-    """Every unit an edit can name, class members included, by address."""
+    """Every unit an edit can name, class members included, by address (`model.py::GPT` for a
+    unit of a program's module other than its script)."""
+    if is_multi_file(source):
+        program = Program.parse(source)
+        return {program.qualify(name, address): replace(unit, address=program.qualify(name, address))
+                for name, text in program.files for address, unit in addressable_units(text).items()}
     module = cst.parse_module(source)
     units: dict[str, Unit] = {}
     for unit in module_units(module):

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import ast
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from fnmatch import fnmatchcase
 
 from trainer.compat import uses_runtime
 from trainer.parsing import parse_python
+from trainer.program import Program
 from mutations.edits import ApplyError, Mutation, apply_mutation
 
 
@@ -159,29 +160,50 @@ _RULES = (
 # ---------------------------------------------------------------- validate_source
 def validate_source(source: str, *, baseline: str | None = None, max_bytes: int = 200_000,
                     max_lines: int = 4000) -> Verdict:
-    """Every reason to refuse `source` before training it (a syntax error stops the checks there)."""
+    """Every reason to refuse `source` (a script, or a program's text: every file is checked, and a
+    refusal in a module other than the script names it) before training it."""
+    program = Program.parse(source)
+    if baseline is not None and source == baseline:
+        return Verdict((_refusal(Reason.NOOP, "the variant is identical to its baseline; change the code"),))
+    before = Program.parse(baseline) if baseline is not None else None
+    if before is not None and before.names != program.names:
+        return Verdict((_refusal(Reason.APPLY, f"the variant's files ({', '.join(program.names)}) are not its "
+                                               f"baseline's ({', '.join(before.names)}); change code inside them"),))
+    refusals: list[Refusal] = []
+    called: set[str] = set()
+    for name, text in program.files:
+        found, calls = _file_refusals(text, max_bytes, max_lines)
+        where = "" if name == program.script_name else f"in {name}: "
+        refusals += [replace(r, message=where + r.message) for r in found]
+        called |= calls
+    if any(r.reason is Reason.SYNTAX for r in refusals):
+        return Verdict(tuple(refusals))
+    if before is not None and _same_program(program, before):
+        refusals.append(_refusal(Reason.NOOP, "the variant differs from its baseline only in whitespace or "
+                                              "comments; change the code"))
+    if not uses_runtime(source):
+        refusals.append(_refusal(Reason.NO_RUNTIME, "the script does not import the runtime: add `from trainer import "
+                                 "runtime` and train through runtime.keep_training, next_batch, step and finish"))
+    else:
+        refusals.extend(_missing_calls(called, _required_calls(before)))
+    return Verdict(tuple(refusals))
+
+
+def _file_refusals(source: str, max_bytes: int, max_lines: int) -> tuple[list[Refusal], set[str]]:
+    """One file's refusals (a syntax error stops its checks there) and the runtime functions it calls."""
     refusals = _size_refusals(source, max_bytes, max_lines)
     try:
         tree = parse_python(source, "train.py")
     except (SyntaxError, ValueError, RecursionError) as error:
-        return Verdict((*refusals, _syntax_refusal(error)))
+        return [*refusals, _syntax_refusal(error)], set()
     try:
         compile(source, "train.py", "exec")
     except (SyntaxError, ValueError, RecursionError) as error:
         refusals.append(_refusal(Reason.COMPILE, f"{_error_text(error)}; fix the code so Python compiles it",
                                  getattr(error, "lineno", None)))
-    if baseline is not None:
-        refusals.extend(_noop_refusals(source, tree, baseline))
-    names = _Names.of(tree)
-    checker = _Checker(names)
+    checker = _Checker(_Names.of(tree))
     checker.visit(tree)
-    refusals.extend(sorted(checker.refusals, key=lambda r: r.line or 0))
-    if not uses_runtime(source):
-        refusals.append(_refusal(Reason.NO_RUNTIME, "the script does not import the runtime: add `from trainer import "
-                                 "runtime` and train through runtime.keep_training, next_batch, step and finish"))
-    else:
-        refusals.extend(_missing_calls(checker.runtime_calls, _required_calls(baseline)))
-    return Verdict(tuple(refusals))
+    return refusals + sorted(checker.refusals, key=lambda r: r.line or 0), checker.runtime_calls
 
 
 def validate_mutation(parent: str, mutation: Mutation) -> tuple[str | None, Verdict]:
@@ -223,30 +245,29 @@ def _size_refusals(source: str, max_bytes: int, max_lines: int) -> list[Refusal]
     return refusals
 
 
-def _noop_refusals(source: str, tree: ast.Module, baseline: str) -> list[Refusal]:
-    if source == baseline:
-        return [_refusal(Reason.NOOP, "the variant is identical to its baseline; change the code")]
+def _same_program(program: Program, baseline: Program) -> bool:
+    """Equal up to whitespace and comments, file by file."""
     try:
-        same_program = ast.dump(tree) == ast.dump(parse_python(baseline))
+        return all(ast.dump(parse_python(text)) == ast.dump(parse_python(baseline.source(name)))
+                   for name, text in program.files)
     except (SyntaxError, ValueError, RecursionError):
-        return []
-    if same_program:
-        return [_refusal(Reason.NOOP, "the variant differs from its baseline only in whitespace or comments; "
-                                      "change the code")]
-    return []
+        return False
 
 
-def _required_calls(baseline: str | None) -> tuple[str, ...]:
+def _required_calls(baseline: Program | None) -> tuple[str, ...]:
     """The core calls, plus every runtime function the baseline calls."""
     if baseline is None:
         return REQUIRED_RUNTIME_CALLS
-    try:
-        tree = parse_python(baseline)
-    except (SyntaxError, ValueError, RecursionError):
-        return REQUIRED_RUNTIME_CALLS
-    checker = _Checker(_Names.of(tree))
-    checker.visit(tree)
-    return (*REQUIRED_RUNTIME_CALLS, *sorted(checker.runtime_calls - set(REQUIRED_RUNTIME_CALLS)))
+    called: set[str] = set()
+    for _, text in baseline.files:
+        try:
+            tree = parse_python(text)
+        except (SyntaxError, ValueError, RecursionError):
+            return REQUIRED_RUNTIME_CALLS
+        checker = _Checker(_Names.of(tree))
+        checker.visit(tree)
+        called |= checker.runtime_calls
+    return (*REQUIRED_RUNTIME_CALLS, *sorted(called - set(REQUIRED_RUNTIME_CALLS)))
 
 
 def _missing_calls(called: set[str], required: tuple[str, ...]) -> list[Refusal]:

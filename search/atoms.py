@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from mutations.diff import structural_diff
 from mutations.edits import Action, ApplyError, Edit, Mutation, apply_mutation
 from mutations.knobs import Knob, extract_knobs, set_knobs
-from mutations.merge import MergeConflict, merge
+from mutations.merge import MergeConflict, merge, owning_class
 from mutations.units import addressable_units
 from population.additive import Prior
 from trainer.errors import UserError
+from trainer.program import SEPARATOR
 
 KNOB_PREFIX = "knob:"
 GRID_STEPS = 6                 # knob levels either side of the baseline's value
@@ -167,8 +168,8 @@ def _touches(mutation: Mutation) -> frozenset[str]:
     found = set()
     for edit in mutation.edits:
         found.add(edit.target)
-        if "." in edit.target and not edit.target.startswith("<"):
-            found.add(edit.target.split(".")[0])
+        if (owner := owning_class(edit.target)) is not None:
+            found.add(owner)
         if edit.after:
             found.add(edit.after)
     return frozenset(found)
@@ -211,7 +212,8 @@ def knob_atom(base: str, device: str, knob: Knob, value: float | int, units: dic
     if unit is None:
         mutation = structural_diff(base, source, name, description)
     else:  # the knob's own statement with the literal rewritten: the edit the structural diff finds, without it
-        mutation = Mutation((Edit(Action.REPLACE, unit.address, set_knobs(unit.code, {knob.name: value}, device),
+        local_name = knob.name.rpartition(SEPARATOR)[2]  # a knob of model.py is `model.py::NAME`
+        mutation = Mutation((Edit(Action.REPLACE, unit.address, set_knobs(unit.code, {local_name: value}, device),
                                   base_hash=unit.hash),), name, description)
     return Atom(name, mutation, "knob", description, group=f"{KNOB_PREFIX}{knob.name}")
 

@@ -32,6 +32,7 @@ from search.strategies import STRATEGIES
 from search.strategies._base import Outcome, Signal, Steps, Strategy
 from trainer.budget import BudgetUnit
 from trainer.errors import UserError
+from trainer.program import Program
 from trainer.result import EvalResult
 from trainer.runner import build_spec
 from trainer.trust import TrustPolicy
@@ -45,12 +46,13 @@ class Stopped(Exception):
 
 
 def load_baseline(config: EvolveConfig) -> str:
+    """The baseline's text: the script, or with the local modules it imports, a program's (trainer.program)."""
     from trainer.baselines import BASELINE
 
     path = config.baseline or BASELINE
     if not Path(path).is_file():
         raise UserError(f"no such baseline: {path}; pass the path of a train.py, or nothing for the built-in one")
-    return Path(path).read_text()
+    return Program.load(Path(path)).text
 
 
 def make_executor(config: EvolveConfig) -> Executor:

@@ -12,6 +12,7 @@ from population.stats import Paired, paired
 from search.context import Search
 from search.evaluator import Request
 from search.strategies._base import Outcome, Program
+from trainer.program import Program as Files, is_multi_file
 
 
 def held_out(search: Search, stack: str) -> Program:
@@ -29,13 +30,14 @@ def result(search: Search, outcome: Outcome, test: Paired | None, base_source: s
     stack = search.variant(outcome.stack)
     val = paired(search.scores(stack.id, search.top_budget), search.scores(search.baseline.id, search.top_budget))
     run_dir = Path(search.config.run_dir)
-    (run_dir / "best_train.py").write_text(stack.source)
+    best = run_dir / ("best" if is_multi_file(stack.source) else "best_train.py")  # a folder for several files
+    Files.parse(stack.source).save(best)
     (run_dir / "best.patch").write_text(unified_diff(base_source, stack.source))
     return {"strategy": search.config.strategy, "stack": stack.id, "members": [row["atom"] for row in outcome.ablation],
             "ablation": outcome.ablation, **outcome.extra,
             "val_delta": None if val is None or stack.id == search.baseline.id else val.to_dict(),
             "test_delta": None if test is None else test.to_dict(),
-            "files": {"patch": str(run_dir / "best.patch"), "source": str(run_dir / "best_train.py")}}
+            "files": {"patch": str(run_dir / "best.patch"), "source": str(best)}}
 
 
 def headline(result: dict) -> str:

@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import tiny_script, wait_gone
 from trainer.baselines import BASELINE
+from trainer.program import Program
 from trainer.result import Status
 from trainer.runner import run_variant
 from trainer.sandbox import Child
@@ -212,7 +213,8 @@ def test_compat_mode_parses_the_printed_score_and_marks_it_untrusted(make_spec, 
         print("total_tokens_M:   499.6")
         print("num_steps:        953")
     """)
-    result = run(source, make_spec(), support={"prepare.py": "TIME_BUDGET = 300\n"})
+    program = Program((("train.py", source), ("prepare.py", "TIME_BUDGET = 300\n")))
+    result = run(program.text, make_spec())
     assert result.status is Status.OK, result.message + result.log_tail
     assert result.trusted is False
     assert result.val_bpb == pytest.approx(0.9979)

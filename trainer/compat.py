@@ -15,11 +15,11 @@ from __future__ import annotations
 import ast
 import math
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainer.parsing import parse_python
+from trainer.program import Program
 from trainer.result import EvalResult, Status
 from trainer.spec import RunSpec
 
@@ -39,7 +39,12 @@ _PACKAGE = "trainer"
 
 def uses_runtime(source: str) -> bool:
     """True unless the script is plainly a stand-alone one: no import of the trainer package in any
-    form and no string naming it (a SyntaxError counts as using it: the launcher reports it)."""
+    form and no string naming it in any of its files (a SyntaxError counts as using it: the launcher
+    reports it)."""
+    return any(_file_uses_runtime(text) for _, text in Program.parse(source).files)
+
+
+def _file_uses_runtime(source: str) -> bool:
     try:
         tree = parse_python(source)
     except (SyntaxError, ValueError, RecursionError):
@@ -68,14 +73,13 @@ def printed_metrics(log_text: str) -> dict[str, float]:
     return found
 
 
-def run_compat(source: str, spec: RunSpec, watch: Watch, *, log_path: Path | None, support: Mapping[str, str],
-               isolation: str) -> EvalResult:
+def run_compat(source: str, spec: RunSpec, watch: Watch, *, log_path: Path | None, isolation: str) -> EvalResult:
     """Run the script as it is, until it exits; its printed summary is its (untrusted) result."""
     # here, not at the top: static validation imports this module for uses_runtime and stays light
     from trainer.sandbox import start_child
     from trainer.supervise import converse, exit_status, finish, reply, run_log, tail
 
-    child = start_child("compat", spec.device, spec.threads, files={**support, "train.py": source}, keep_home=True)
+    child = start_child("compat", spec.device, spec.threads, files=Program.parse(source).runnable(), keep_home=True)
     try:
         with run_log(log_path) as log_fd:
             child.wait_ready(watch.remaining())

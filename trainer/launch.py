@@ -66,6 +66,7 @@ def _train(connection: socket.socket, job: dict) -> int:
     try:
         session = TrainingSession(job["session"], connection)
         runtime._install(session)
+        sys.path.insert(0, os.getcwd())  # its own modules (model.py) import as they would beside it
         sys.argv = ["train.py"]
         runpy.run_path("train.py", run_name="__main__")
     except RunFailure as failure:

@@ -23,7 +23,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from trainer.compute import Compute, measure
 from trainer.datasets import PreparedDataset, prepare
 from trainer.errors import UserError
 from trainer.plan import PlanError, plan_frame, plan_sizes, scoring_plan
+from trainer.program import Program
 from trainer.protocol import MODEL_FILE, reported_number
 from trainer.result import CurvePoint, EvalResult, Status
 from trainer.sandbox import Child, isolation_level, start_child
@@ -118,17 +119,16 @@ def run_variant(
     memory_mb: int | None = None,
     log_path: Path | None = None,
     on_event: EventHandler | None = None,
-    support: Mapping[str, str] | None = None,
     stop: threading.Event | None = None,
     spares: Spares | None = None,
     compat: bool | None = None,
     require_isolation: bool = False,
 ) -> EvalResult:
-    """Evaluate one train.py source: trained in a sandbox on batches the runner serves, scored by
-    the trusted scorer on its exported model.
+    """Evaluate one train.py source (or a program's text: the script and its modules, trainer.program):
+    trained in a sandbox on batches the runner serves, scored by the trusted scorer on its exported model.
 
     A script that does not use the runtime (trainer.compat.uses_runtime; or `compat=True`) runs
-    in compatibility mode: as it is, with `support` files (its prepare.py, say) beside it, scored
+    in compatibility mode: as it is, with its program's other files (its prepare.py, say) beside it, scored
     by its printed val_bpb and marked untrusted. Setting `stop` (from another thread) kills the
     run; its status is then pruned. With `spares`, the run takes waiting interpreters and leaves
     fresh ones for the next run. `require_isolation` refuses to run without namespaces.
@@ -137,7 +137,7 @@ def run_variant(
     level = isolation_level()
     watch = Watch.starting_now(timeout_s, memory_mb or default_memory_mb(), stop)
     if (not uses_runtime(source)) if compat is None else compat:
-        return run_compat(source, spec, watch, log_path=log_path, support=support or {}, isolation=level)
+        return run_compat(source, spec, watch, log_path=log_path, isolation=level)
     started = time.perf_counter()
     dataset = PreparedDataset.load(spec.dataset_root)
     try:
@@ -214,7 +214,8 @@ def _train(child: Child, source: str, spec: RunSpec, dataset: PreparedDataset, c
 
     training = _Training(BatchServer(spec, dataset.tokens("train"), emit), curve=curve)
     server = training.server
-    child.put("train.py", source)
+    for name, text in Program.parse(source).runnable().items():
+        child.put(name, text)
     child.wait_ready(watch.remaining())  # its whole tree exists now: it all goes into the cgroup
     child.confine(watch.memory_mb)
     config = spec.session_config(dataset.vocab_size, dataset.token_bytes().tolist())
@@ -378,7 +379,3 @@ def _status(value: object) -> Status:
     except ValueError:
         return Status.CRASH
 
-
-def support_files(script: Path) -> dict[str, str]:
-    """Python files beside a script (autoresearch's train.py imports its prepare.py)."""
-    return {p.name: p.read_text() for p in sorted(script.parent.glob("*.py")) if p.name != script.name}

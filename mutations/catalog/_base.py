@@ -7,6 +7,8 @@ from typing import ClassVar
 
 import libcst as cst
 
+from trainer.program import Program, is_multi_file
+
 
 class NotApplicable(Exception):
     """The move cannot apply to this file; the message says why, in one line."""
@@ -37,7 +39,19 @@ class Move(ABC):
         """The changed module; raise NotApplicable(reason) when the pattern is not there."""
 
     def apply(self, source: str) -> str:
-        """The changed source; NotApplicable when the move does not apply or would change nothing."""
+        """The changed source; NotApplicable when the move does not apply or would change nothing.
+        In a program (trainer.program) the move changes the first file, in program order, where it applies."""
+        if not is_multi_file(source):
+            return self._apply_to_file(source)
+        program, reasons = Program.parse(source), []
+        for name, text in program.files:
+            try:
+                return program.with_sources({name: self._apply_to_file(text)}).text
+            except NotApplicable as reason:
+                reasons.append(f"{name}: {reason}")
+        raise NotApplicable("; ".join(reasons))
+
+    def _apply_to_file(self, source: str) -> str:
         changed = self.transform(cst.parse_module(source)).code
         if changed == source:
             raise NotApplicable(f"{self.name} would change nothing here")

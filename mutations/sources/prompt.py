@@ -18,6 +18,7 @@ from mutations.patch import from_node_edits, from_search_replace, from_source, u
 from mutations.sources._base import Outcome, ProposalRequest
 from mutations.units import FOOTER, addressable_units
 from mutations.validation import RUNTIME_API
+from trainer.program import Program
 
 CACHED = {"type": "ephemeral"}
 TOOL_NAME = "propose_mutation"
@@ -33,7 +34,10 @@ Answer by calling {TOOL_NAME} once:
   - a top-level function, class or single-name assignment by its name: `make_optimizer`, `GPT`, `LEARNING_RATE`;
   - a class member as `Class.member`: `GPT.forward`, `Block.__init__`;
   - `<module>`: the docstring and the leading imports (replace it to add an import);
-  - `<stmt@k>`: the k-th unnamed top-level statement (the training loop, a bare call), as listed under the parent.
+  - `<stmt@k>`: the k-th unnamed top-level statement (the training loop, a bare call), as listed under the parent;
+  - when the parent has several files (train.py and the local modules it imports), a unit of a file other \
+than train.py is prefixed with its file name: `model.py::GPT.forward`, `model.py::<module>`. One change may \
+edit several files (the optimizer built in model.py and its learning rate set in train.py).
   replace: `code` is the complete new code of the unit (a whole function, class, class member or \
 assignment; class members dedented, as if at top level). delete: no code. insert: `target` is the new \
 unit's name, `code` its code, `after` the existing unit it follows (`Class.<start>` for the top of a class body).
@@ -111,9 +115,15 @@ def first_turn(request: ProposalRequest, direction: str) -> dict:
 
 
 def _parent_text(request: ProposalRequest) -> str:
-    title = f"# The parent{f' ({request.parent_id})' if request.parent_id else ''}: train.py"
-    source = request.parent_source.rstrip("\n")
-    return f"{title}\n\n```python\n{source}\n```\n\n{_unit_index(request.parent_source)}"
+    files = Program.parse(request.parent_source).runnable()
+    title = f"# The parent{f' ({request.parent_id})' if request.parent_id else ''}: {', '.join(files)}"
+    shown = [_fenced(source) for source in files.values()] if len(files) == 1 else \
+        [f"## {name}\n\n{_fenced(source)}" for name, source in files.items()]
+    return "\n\n".join([title, *shown, _unit_index(request.parent_source)])
+
+
+def _fenced(source: str) -> str:
+    return "```python\n" + source.rstrip("\n") + "\n```"
 
 
 def _unit_index(source: str) -> str:
@@ -253,7 +263,7 @@ def _from_text(base: str, text: str, name: str) -> Answer:
     if "<<<<<<< SEARCH" in text:
         return Answer(from_search_replace(base, text, name), _prose(text))
     files = _FENCE.findall(text)
-    if files:
+    if files and len(Program.parse(base).files) == 1:
         return Answer(from_source(base, max(files, key=len), name), _prose(text))
     raise ApplyError("unparsable", f"the answer holds no {TOOL_NAME} call, no SEARCH/REPLACE blocks and no "
                                    f"```python file; call {TOOL_NAME}")

@@ -14,12 +14,21 @@ _SCRIPT = click.argument("train_py", required=False, type=click.Path(path_type=P
 
 
 def _read(train_py: Path | None) -> tuple[Path, str]:
+    """The script and its text (with the local modules it imports: a program's text, trainer.program)."""
     from trainer.baselines import BASELINE
+    from trainer.program import Program
 
     script = train_py or BASELINE
     if not script.is_file():
         raise UserError(f"no such file: {script}; pass the path of a train.py, or nothing for the built-in baseline")
-    return script, script.read_text()
+    return script, Program.load(script).text
+
+
+def _save(text: str, output: Path, out: Output) -> None:
+    from trainer.program import Program
+
+    written = Program.parse(text).save(output)
+    out.note(f"wrote {', '.join(map(str, written))}")
 
 
 @click.command()
@@ -44,7 +53,8 @@ def catalog(train_py: Path | None, output_format: str) -> None:
 @_SCRIPT
 @click.option("--move", "move_name", required=True, help="Name of a catalog move (see `search catalog`).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="Write the changed train.py here (default: only print the diff).")
+              help="Write the changed train.py here (default: only print the diff); for a script with "
+              "local modules, a folder for all its files.")
 @click.option("--smoke/--no-smoke", default=False, show_default=True,
               help="Also train the result for one step in the sandbox.")
 @FORMAT_OPTION
@@ -66,8 +76,7 @@ def mutate(train_py: Path | None, move_name: str, output: Path | None, smoke: bo
         verdict = smoke_run(changed)
     out = Output(output_format)
     if output:
-        output.write_text(changed)
-        out.note(f"wrote {output}")
+        _save(changed, output, out)
     mutation = structural_diff(source, changed, name=f"catalog:{move.name}", description=move.description)
     if out.json:
         out.block("", [], {"move": move.name, "valid": verdict.ok, "refusals": verdict.summary(),
@@ -107,7 +116,8 @@ def knobs(train_py: Path | None, device: str, output_format: str) -> None:
 @click.option("--max-llm-cost", "max_cost_usd", type=float, default=None, help="Stop calling the LLM past this "
               "many dollars.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the catalog's choice.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Write the changed train.py here.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Write the changed train.py here (for a script with local modules, a folder for all its files).")
 @FORMAT_OPTION
 def propose(train_py: Path | None, mutator: str, model: str | None, direction_file: Path | None,
             record_path: Path | None, max_cost_usd: float | None, seed: int, output: Path | None,
@@ -129,8 +139,7 @@ def propose(train_py: Path | None, mutator: str, model: str | None, direction_fi
     changed = apply_mutation(source, proposal.mutation)
     out = Output(output_format)
     if output:
-        output.write_text(changed)
-        out.note(f"wrote {output}")
+        _save(changed, output, out)
     diff = unified_diff(source, changed, script.name)
     if out.json:
         out.block("", [], {"mutation": proposal.mutation.to_dict(), "rationale": proposal.rationale,

@@ -121,6 +121,13 @@ class Run:
         path = self.meta["baseline"]["path"]
         return "train.py" if path == "built-in" else Path(path).name
 
+    def files(self, source: str) -> dict[str, str]:
+        """A variant's files by name: its script, and the local modules of a multi-file baseline."""
+        from trainer.program import Program
+
+        program = Program.parse(source)
+        return {self.file_name if name == program.script_name else name: text for name, text in program.files}
+
     @property
     def result(self) -> dict | None:
         return self.meta.get("result")
@@ -309,17 +316,18 @@ def write_branch(folder: Path, run: Run, variant: Variant) -> tuple[str, list[di
     if _git(folder, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False).returncode == 0:
         raise UserError(f"branch {branch} already exists in {folder}: delete it (git branch -D {branch}) "
                         "or export into another repository")
-    path = folder / run.file_name
+    names = list(run.files(run.baseline.source))
     if _git(folder, "status", "--porcelain", "--untracked-files=no").stdout.strip() or \
-            _git(folder, "status", "--porcelain", "--", run.file_name).stdout.startswith("??"):
+            "??" in _git(folder, "status", "--porcelain", "--", *names).stdout:
         raise UserError(f"{folder} has uncommitted changes: commit or stash them first")
     _git(folder, "checkout", "-q", "-b", branch)
     made = []
     baseline = Commit(f"baseline of {run.name}\n\nThe file the search started from.\n\n"
                       f"search run: {run.where} (variant {run.baseline.id})\n", run.baseline.source)
     for commit in [baseline, *planned]:
-        path.write_bytes(commit.source.encode())
-        _git(folder, "add", "--", run.file_name)
+        for name, text in run.files(commit.source).items():
+            (folder / name).write_bytes(text.encode())
+        _git(folder, "add", "--", *names)
         if commit is baseline and _git(folder, "diff", "--cached", "--quiet", check=False).returncode == 0 \
                 and _git(folder, "rev-parse", "--verify", "--quiet", "HEAD", check=False).returncode == 0:
             continue  # the repository already holds the baseline: the branch starts from it

@@ -74,7 +74,8 @@ def run(train_py: Path | None, budget: str | None, seed: int, device: str, datas
         compat: bool, require_isolation: bool, output_format: str) -> None:
     """Evaluate TRAIN_PY (default: the built-in baseline) once, in the sandboxed runner."""
     from trainer.baselines import BASELINE
-    from trainer.runner import build_spec, default_timeout, resolve_device, run_variant, support_files
+    from trainer.program import Program
+    from trainer.runner import build_spec, default_timeout, resolve_device, run_variant
     from trainer.trust import TrustPolicy, admit
 
     out = Output(output_format)
@@ -86,8 +87,8 @@ def run(train_py: Path | None, budget: str | None, seed: int, device: str, datas
                       tokenizer=tokenizer, split=split, threads=threads, log=out.note)
     out.note(f"running {script} on {device}, budget {spec.budget}, seed {seed}, {spec.split} split")
     with _ProgressView(out, script.name) as view:
-        result = run_variant(script.read_text(), spec, timeout_s=timeout_s or default_timeout(spec.budget),
-                             memory_mb=memory_mb, log_path=log_path, on_event=view, support=support_files(script),
+        result = run_variant(Program.load(script).text, spec, timeout_s=timeout_s or default_timeout(spec.budget),
+                             memory_mb=memory_mb, log_path=log_path, on_event=view,
                              compat=True if compat else None, require_isolation=require_isolation)
     result = admit(result, TrustPolicy(allow_untrusted=compat, require_isolation=require_isolation))
     compute = f"{result.cpu_seconds:.1f} CPU s" + (f", {result.flops:.3g} FLOPs" if result.flops else "")

@@ -28,8 +28,6 @@ again. The ablation (add-one, leave-one-out) comes from the model, checked by th
 """
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
 from mutations.knobs import Knob, extract_knobs
