@@ -1,0 +1,65 @@
+"""What adopt made pointless: prints and assignments of what it removed, and module-level assignments and
+imports nothing reads any more. Only what adopt made dead goes; the script's own dead code stays."""
+from __future__ import annotations
+
+import libcst as cst
+
+from mutations.adopt.notes import Notes
+from mutations.adopt.syntax import (BlockTransformer, assigned_names, bound_name, calls, code, is_call_to, only_small, references,
+                                    unresolved)
+
+# calls a dead assignment may make and still be dropped: nothing else happens when they do not run
+_PURE = {"time.time", "time.perf_counter", "os.path.join", "os.environ.get", "int", "float", "str", "bool", "dict",
+         "len", "min", "max", "round", "torch.cuda.is_available", "torch.cuda.is_bf16_supported"}
+
+
+def clean(module: cst.Module, original: cst.Module, notes: Notes) -> cst.Module:
+    read_before = set(references(original))
+    dropped: dict[str, list[str]] = {}
+    while True:
+        cleaner = _Cleaner(notes, {n.value for n in unresolved(module)} & set(notes.gone),
+                           read_before - set(references(module)), dropped)
+        cleaned = module.visit(cleaner)
+        if cleaned.deep_equals(module):
+            break
+        module = cleaned
+    for why, what in dropped.items():
+        notes.did(f"{why}: {', '.join(what)}")
+    return module
+
+
+class _Cleaner(BlockTransformer):
+    def __init__(self, notes: Notes, gone: set[str], dead: set[str], dropped: dict[str, list[str]]) -> None:
+        self.notes, self.gone, self.dead, self.dropped = notes, gone, dead, dropped
+        self.depth = 0
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        self.depth += 1
+        return True
+
+    def leave_FunctionDef(self, original: cst.FunctionDef, updated: cst.FunctionDef) -> cst.FunctionDef:
+        self.depth -= 1
+        return updated
+
+    def change(self, updated: cst.BaseStatement) -> list[cst.BaseStatement] | None:
+        small = only_small(updated)
+        reads_gone = sorted(n.value for n in unresolved(cst.Module(body=[updated])) if n.value in self.gone)
+        if isinstance(small, cst.Expr) and isinstance(small.value, cst.Call) and is_call_to(small.value, {"print"}) \
+                and reads_gone:
+            return self._drop("dropped the prints of what adopt removed", code(small))
+        names = assigned_names(small)
+        if names and reads_gone:
+            for name in names:
+                self.notes.remove(name, f"{name} was computed from {reads_gone[0]}: {self.notes.gone[reads_gone[0]]}")
+            return self._drop("dropped what was computed from what adopt removed", *names)
+        if self.depth == 0 and names and all(n in self.dead for n in names) \
+                and all(is_call_to(call, _PURE) for call in calls(small.value)):
+            return self._drop("dropped what only fed what adopt removed", *names)
+        if self.depth == 0 and isinstance(small, (cst.Import, cst.ImportFrom)) and not isinstance(small.names, cst.ImportStar) \
+                and {bound_name(a) for a in small.names} <= self.dead:
+            return self._drop("dropped the imports nothing uses any more", code(small))
+        return None
+
+    def _drop(self, why: str, *what: str) -> list[cst.BaseStatement]:
+        self.dropped.setdefault(why, []).extend(what)
+        return []
