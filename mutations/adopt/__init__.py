@@ -23,6 +23,7 @@ from mutations.adopt.loop import rewrite_loop
 from mutations.adopt.notes import AdoptError, Notes
 from mutations.adopt.shape import Detector
 from mutations.adopt.syntax import dotted, only_small
+from mutations.adopt.targets import rewrite_targets
 from trainer.errors import UserError
 
 __all__ = ["AdoptError", "Adoption", "adopt"]
@@ -58,7 +59,10 @@ def adopt(script: Path) -> Adoption:
     refusals = check_adopted(module, source, script.name, notes)
     if refusals:
         raise AdoptError(refusals)
-    files = {script.name: (source, module.code), **{name: (w.module.code, w.module.code) for name, w in local.items()}}
+    modules = {script.name: module, **{name: w.module for name, w in local.items()}}
+    modules[shape.model_file] = rewrite_targets(modules[shape.model_file], shape.model_class, shape.model_file, notes)
+    originals = {script.name: source, **{name: w.module.code for name, w in local.items()}}
+    files = {name: (originals[name], adopted.code) for name, adopted in modules.items()}
     left_out = sorted(name for name in imported if name not in local)
     return Adoption(files, left_out, notes.summary)
 

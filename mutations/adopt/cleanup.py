@@ -35,7 +35,7 @@ class _Cleaner(BlockTransformer):
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
         self.depth += 1
-        return True
+        return node.name.value not in self.dead  # a function that goes whole is not cleaned first
 
     def leave_FunctionDef(self, original: cst.FunctionDef, updated: cst.FunctionDef) -> cst.FunctionDef:
         self.depth -= 1
@@ -47,8 +47,10 @@ class _Cleaner(BlockTransformer):
         if isinstance(small, cst.Expr) and isinstance(small.value, cst.Call) and is_call_to(small.value, {"print"}) \
                 and reads_gone:
             return self._drop("dropped the prints of what adopt removed", code(small))
+        if self.depth == 0 and isinstance(updated, cst.FunctionDef) and updated.name.value in self.dead:
+            return self._drop("dropped the functions only what adopt removed called", updated.name.value)
         names = assigned_names(small)
-        if names and reads_gone:
+        if self.depth == 0 and names and reads_gone:  # in a function, a use of what is gone is refused
             for name in names:
                 self.notes.remove(name, f"{name} was computed from {reads_gone[0]}: {self.notes.gone[reads_gone[0]]}")
             return self._drop("dropped what was computed from what adopt removed", *names)

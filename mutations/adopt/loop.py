@@ -29,8 +29,8 @@ def rewrite_loop(module: cst.Module, shape: Shape, notes: Notes) -> cst.Module:
     body = rebuild(loop.body.body, change)
     last = max((i for i, line in enumerate(body) if calls_any(line, _OPTIMIZER_STEP) and not _runtime(line)),
                default=len(body) - 1)
-    body.insert(last + 1, statement(f"runtime.step({shape.model}, {shape.loss})"))
-    notes.did(f"runtime.step({shape.model}, {shape.loss}) after each optimizer step")
+    body.insert(last + 1, statement(f"runtime.step({shape.scored}, {shape.loss})"))
+    notes.did(f"runtime.step({shape.scored}, {shape.loss}) after each optimizer step")
     loop = loop.with_changes(test=expr("runtime.keep_training()"), body=loop.body.with_changes(body=body))
     loop = loop.visit(_Schedules(module, shape.limits, notes))
     notes.did("while runtime.keep_training(): the runtime owns the budget")

@@ -42,6 +42,13 @@ class Shape:
     model: str
     loss: str
     wrap: bool                   # model(idx) does not return every position's logits: finish gets a wrapper
+    model_class: str             # the class of the model
+    model_file: str              # the file that defines it: the script or a local module
+
+    @property
+    def scored(self) -> str:
+        """What runtime.step (for its probes) and runtime.finish get: the model, or its FullLogits wrapper."""
+        return "full_logits" if self.wrap else self.model
 
 
 class Detector:
@@ -76,10 +83,14 @@ class Detector:
         self._breaks(loop)
         for statement in self.module.body[loops[0] + 1:]:
             self._epilogue(statement)
-        wrap = self._wraps(model) if model else False
-        if self.refusals or loss is None or model is None:
+        found = self._model_class(model) if model else None
+        if model and found is None:
+            self.refuse(self.module.body[0], f"cannot find the class of {model} in {self.name} or the local modules "
+                                             "it imports: adopt checks that model(idx) returns every position's logits")
+        wrap = self._wraps(found[0], found[1]) if found else False
+        if self.refusals or loss is None or model is None or found is None:
             return None
-        return Shape(loader, limits, model, loss, wrap)
+        return Shape(loader, limits, model, loss, wrap, found[2].name.value, found[0])
 
     # ---------------------------------------------------------------- GPU-only code
     def _gpu_only(self, file: str, module: cst.Module) -> None:
@@ -173,29 +184,24 @@ class Detector:
                                    "delete it")
 
     # ---------------------------------------------------------------- the model's output
-    def _wraps(self, model: str) -> bool:
-        found = self._model_class(model)
-        if found is None:
-            self.refuse(self.module.body[0], f"cannot find the class of {model} in {self.name} or the local modules "
-                                             "it imports: adopt checks that model(idx) returns every position's logits")
-            return False
-        file, forward = found
-        if forward is None or not m.findall(forward, m.Return(value=m.Tuple())):
+    def _wraps(self, file: str, forward: cst.FunctionDef) -> bool:
+        if not m.findall(forward, m.Return(value=m.Tuple())):
             return False
         if len(forward.params.params) < 3:
             self.refuse(forward, "forward returns a tuple and takes no targets: adopt cannot get every position's "
                                  "logits; make forward(idx) return logits (batch, time, vocab)", file)
         return True
 
-    def _model_class(self, model: str) -> tuple[str, cst.FunctionDef | None] | None:
+    def _model_class(self, model: str) -> tuple[str, cst.FunctionDef, cst.ClassDef] | None:
+        """(file, forward, class) of the class model is built from, in the script or a local module."""
         classes = {c.func.value for a in _top_assigns(self.module) if model in assigned_names(a)
                    for c in calls(a.value) if isinstance(c.func, cst.Name)}
         for file, module in [(self.name, self.module), *((f, w.module) for f, w in self.local.items())]:
             for node in module.body:
                 if isinstance(node, cst.ClassDef) and node.name.value in classes:
-                    forward = next((f for f in node.body.body if isinstance(f, cst.FunctionDef)
-                                    and f.name.value == "forward"), None)
-                    return file, forward
+                    for method in node.body.body:
+                        if isinstance(method, cst.FunctionDef) and method.name.value == "forward":
+                            return file, method, node
         return None
 
 
