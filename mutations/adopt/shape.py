@@ -69,9 +69,11 @@ class Detector:
             self._gpu_only(file, module)
         loops = [i for i, s in enumerate(self.module.body) if isinstance(s, cst.While)]
         if len(loops) != 1:
-            where = self.module.body[loops[1]] if loops else self.module.body[0]
-            self.refuse(where, f"expected one top-level `while` training loop, found {len(loops)}: "
-                               "adopt converts a module-level `while True:` loop")
+            others = [s for s in self.module.body if isinstance(s, cst.For)]
+            where = self.module.body[loops[1]] if loops else others[0] if others else self.module.body[0]
+            self.refuse(where, f"expected one top-level `while` training loop, found {len(loops)}: adopt converts "
+                               "a module-level `while True:` loop (write a `for` loop as one, stopped by "
+                               "`if step >= N: break`)")
             return None
         loop = self.module.body[loops[0]]
         loader = self._loader(loop)
@@ -107,6 +109,16 @@ class Detector:
 
     # ---------------------------------------------------------------- data
     def _loader(self, loop: cst.While) -> Loader | None:
+        loader = self._find_loader()
+        fetch = m.Call(func=m.Name("next"), args=[m.Arg(m.Name(loader.name))]) if loader and loader.iterator else \
+            m.Call(func=m.Name(loader.name), args=[m.Arg(m.SimpleString())]) if loader else None
+        if loader is None or not m.findall(loop, fetch):
+            self.refuse(loop, "the training loop takes no batch adopt recognises: nanoGPT's get_batch('train') "
+                              "reading a np.memmap, or autoresearch's next(loader) from make_dataloader")
+            return None
+        return loader
+
+    def _find_loader(self) -> Loader | None:
         for statement in self.module.body:
             if isinstance(statement, cst.FunctionDef) and calls_any(statement, {"np.memmap", "numpy.memmap"}):
                 return self._memmap_loader(statement)
@@ -118,9 +130,6 @@ class Detector:
                     return Loader(assigned_names(small)[0], True, args[1].value, args[2].value)
                 self.refuse(statement, "cannot read make_dataloader's batch size and length "
                                        "(expected name = make_dataloader(tokenizer, batch_size, seq_len, split))")
-                return None
-        self.refuse(loop, "the training loop takes no batch adopt recognises: nanoGPT's get_batch('train') "
-                          "reading a np.memmap, or autoresearch's next(loader) from make_dataloader")
         return None
 
     def _memmap_loader(self, function: cst.FunctionDef) -> Loader | None:

@@ -85,6 +85,29 @@ def references(module: cst.Module) -> dict[str, int]:
     return counts
 
 
+def names_in(node: cst.CSTNode) -> set[str]:
+    """The names node mentions, without attribute names (`x.name`) and keywords (`f(name=...)`)."""
+    visitor = _Names()
+    node.visit(visitor)
+    return visitor.names
+
+
+class _Names(cst.CSTVisitor):
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def visit_Name(self, node: cst.Name) -> None:
+        self.names.add(node.value)
+
+    def visit_Attribute(self, node: cst.Attribute) -> bool:
+        node.value.visit(self)
+        return False
+
+    def visit_Arg(self, node: cst.Arg) -> bool:
+        node.value.visit(self)
+        return False
+
+
 def unresolved(module: cst.Module) -> list[cst.Name]:
     """The names read in module that nothing binds (not even a builtin)."""
     scopes = MetadataWrapper(module, unsafe_skip_copy=True).resolve(ScopeProvider)
