@@ -78,6 +78,14 @@ def test_autoresearch_adopted_follows_the_contract():
         assert gone not in train, gone
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+def test_adopted_scripts_pass_the_variant_validator(shape):
+    """search evolve validates its baseline: an adopted script must be a valid variant."""
+    from mutations.validation import validate_source
+
+    assert validate_source((FIXTURES / shape / "expected" / "train.py").read_text()).ok
+
+
 def test_statements_adopt_does_not_touch_keep_their_bytes():
     original, adopted = adopt(FIXTURES / "autoresearch" / "train.py").files["train.py"]
     model_code = original[original.index("@dataclass"):original.index("# Hyperparameters")]
@@ -113,6 +121,8 @@ def _line(script: Path, text: str) -> int:
      "        break\n", "break", "a `break` adopt cannot map"),
     ("nanogpt", "# linear warmup", "def val_loss():\n    vx, vy = get_batch('val')\n    return model(vx, vy)[1].item()\n"
      "\n# linear warmup", "get_batch('val')", "uses get_batch: get_batch read the data files"),
+    ("autoresearch", "import math\n", "import math\nimport subprocess\n", "import subprocess",
+     "would break a variant rule: `subprocess` spawns processes"),
     ("nanogpt", "    iter_num += 1\n", "    iter_num += 1\n    torch.save(model.state_dict(), 'last.pt')\n",
      "'last.pt'", "a checkpoint adopt cannot map"),
 ])

@@ -1,7 +1,7 @@
 """`search adopt`: a nanoGPT- or autoresearch-style training script rewritten to the runtime contract.
 
 One pass per concern, in order: flags (DDP, wandb, resume), imports, data, device, the loop, the finish,
-then the clean-up of what those made dead. Detection runs first and refuses what no pass can convert;
+what the variant validator forbids, then the clean-up of what those made dead. Detection runs first and refuses what no pass can convert;
 the adopted script is checked for uses of what was removed. Either every file converts or nothing does.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from mutations.adopt.notes import AdoptError, Notes
 from mutations.adopt.shape import Detector
 from mutations.adopt.syntax import dotted, only_small
 from mutations.adopt.targets import rewrite_targets
+from mutations.adopt.validator import rewrite_forbidden
 from trainer.errors import UserError
 
 __all__ = ["AdoptError", "Adoption", "adopt"]
@@ -55,6 +56,7 @@ def adopt(script: Path) -> Adoption:
     module = rewrite_device(module, notes)
     module = rewrite_loop(module, shape, notes)
     module = rewrite_finish(module, shape, notes)
+    module = rewrite_forbidden(module, notes)
     module = clean(module, wrapper.module, notes)
     refusals = check_adopted(module, source, script.name, notes)
     if refusals:

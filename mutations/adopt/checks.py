@@ -1,10 +1,12 @@
-"""Refusals found on the adopted script: uses of what adopt removed, checkpoints it could not map."""
+"""Refusals found on the adopted script: uses of what adopt removed, checkpoints it could not map, and
+whatever else evotrain's variant validator would refuse (search evolve validates its baseline)."""
 from __future__ import annotations
 
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
 from mutations.adopt.notes import Notes, Refusal
+from mutations.validation import validate_source
 from mutations.adopt.syntax import calls, code, dotted, unresolved
 
 _CHECKPOINTS = {"torch.save", "torch.load"}
@@ -24,6 +26,10 @@ def check_adopted(module: cst.Module, original: str, file: str, notes: Notes) ->
             refusals.append(Refusal(file, _original_line(original, lines[positions[call].start.line - 1], code(call.func)),
                                     f"{code(call.func)}: a checkpoint adopt cannot map (it removes the ones in "
                                     "evaluation blocks and resume branches); the runtime starts every run fresh"))
+    for refused in validate_source(module.code).refusals:
+        line = lines[refused.line - 1] if refused.line else ""
+        refusals.append(Refusal(file, _original_line(original, line, line.strip()) if line else 1,
+                                f"the adopted script would break a variant rule: {refused.message}"))
     return sorted(set(refusals), key=lambda r: r.line)
 
 

@@ -129,7 +129,7 @@ def rebuild(body: Sequence[cst.BaseStatement],
             new = [node]
         elif not new:
             blank = [i for i, line in enumerate(node.leading_lines) if line.comment is None]
-            section += node.leading_lines[:blank[-1] + 1] if blank else []
+            section = _paragraph(section, node.leading_lines[:blank[-1] + 1] if blank else [])
             continue
         else:
             new = [new[0].with_changes(leading_lines=node.leading_lines), *new[1:]]
