@@ -21,7 +21,8 @@ SHAPES = ("nanogpt", "autoresearch")
 
 
 def search(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "search", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "search", *args], capture_output=True, text=True, timeout=timeout,
+                          check=False)
 
 
 def regenerate() -> None:
@@ -117,10 +118,12 @@ def _line(script: Path, text: str) -> int:
     ("autoresearch", "    lrm = get_lr_multiplier(progress)\n",
      "    lrm = get_lr_multiplier(progress) if total_training_time < TIME_BUDGET else 0.0\n", "lrm = ",
      "uses TIME_BUDGET: the runtime owns the budget"),
-    ("autoresearch", "    step += 1\n", "    step += 1\n    if math.isnan(train_loss_f):\n        smooth_train_loss = 0\n"
-     "        break\n", "break", "a `break` adopt cannot map"),
-    ("nanogpt", "# linear warmup", "def val_loss():\n    vx, vy = get_batch('val')\n    return model(vx, vy)[1].item()\n"
-     "\n# linear warmup", "get_batch('val')", "uses get_batch: get_batch read the data files"),
+    ("autoresearch", "    step += 1\n",
+     "    step += 1\n    if math.isnan(train_loss_f):\n        smooth_train_loss = 0\n        break\n",
+     "break", "a `break` adopt cannot map"),
+    ("nanogpt", "# linear warmup",
+     "def val_loss():\n    vx, vy = get_batch('val')\n    return model(vx, vy)[1].item()\n\n# linear warmup",
+     "get_batch('val')", "uses get_batch: get_batch read the data files"),
     ("autoresearch", "import math\n", "import math\nimport subprocess\n", "import subprocess",
      "would break a variant rule: `subprocess` spawns processes"),
     ("nanogpt", "    iter_num += 1\n", "    iter_num += 1\n    torch.save(model.state_dict(), 'last.pt')\n",

@@ -51,8 +51,7 @@ def adopt(script: Path) -> Adoption:
     notes = Notes()
     module = fold_flags(wrapper.module, notes)
     module = rewrite_imports(module, notes)
-    if shape.loader is not None:
-        module = rewrite_data(module, shape.loader, notes)
+    module = rewrite_data(module, shape.loader, notes)
     module = rewrite_device(module, notes)
     module = rewrite_loop(module, shape, notes)
     module = rewrite_finish(module, shape, notes)

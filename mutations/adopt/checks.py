@@ -6,8 +6,8 @@ import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
 from mutations.adopt.notes import Notes, Refusal
-from mutations.validation import validate_source
 from mutations.adopt.syntax import calls, code, dotted, unresolved
+from mutations.validation import validate_source
 
 _CHECKPOINTS = {"torch.save", "torch.load"}
 

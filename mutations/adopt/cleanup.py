@@ -5,8 +5,18 @@ from __future__ import annotations
 import libcst as cst
 
 from mutations.adopt.notes import Notes
-from mutations.adopt.syntax import (BlockTransformer, assigned_names, bound_name, calls, code, is_call_to, names_in,
-                                    only_small, references, unresolved)
+from mutations.adopt.syntax import (
+    BlockTransformer,
+    assigned_names,
+    bound_name,
+    calls,
+    code,
+    is_call_to,
+    names_in,
+    only_small,
+    references,
+    unresolved,
+)
 
 # calls a dead assignment may make and still be dropped: nothing else happens when they do not run
 _PURE = {"time.time", "time.perf_counter", "os.path.join", "os.environ.get", "int", "float", "str", "bool", "dict",

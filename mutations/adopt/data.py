@@ -7,7 +7,15 @@ import libcst.matchers as m
 
 from mutations.adopt.notes import Notes
 from mutations.adopt.shape import Loader
-from mutations.adopt.syntax import assigned_names, calls_any, code, expr, only_small, rebuild, statement
+from mutations.adopt.syntax import (
+    assigned_names,
+    calls_any,
+    code,
+    expr,
+    only_small,
+    rebuild,
+    statement,
+)
 
 _VOCAB_FROM_META = m.Assign(value=m.Subscript(slice=[m.SubscriptElement(m.Index(m.SimpleString()))]))
 

@@ -6,7 +6,16 @@ import libcst as cst
 import libcst.matchers as m
 
 from mutations.adopt.notes import Notes
-from mutations.adopt.syntax import BlockTransformer, assigned_names, calls_any, code, dotted, expr, is_call_to, only_small
+from mutations.adopt.syntax import (
+    BlockTransformer,
+    assigned_names,
+    calls_any,
+    code,
+    dotted,
+    expr,
+    is_call_to,
+    only_small,
+)
 
 _AUTOCAST = {"torch.amp.autocast", "torch.autocast", "torch.cuda.amp.autocast"}
 _SCALER = {"torch.cuda.amp.GradScaler", "torch.amp.GradScaler", "torch.GradScaler"}

@@ -9,7 +9,15 @@ import libcst.matchers as m
 from libcst.metadata import MetadataWrapper, PositionProvider
 
 from mutations.adopt.notes import Refusal
-from mutations.adopt.syntax import assigned_names, calls, calls_any, code, dotted, is_call_to, only_small
+from mutations.adopt.syntax import (
+    assigned_names,
+    calls,
+    calls_any,
+    code,
+    dotted,
+    is_call_to,
+    only_small,
+)
 
 GPU_ONLY_MODULES = ("kernels", "flash_attn", "triton")      # no CPU fallback the scorer could export
 EVALUATIONS = {"estimate_loss", "evaluate_bpb", "torch.save"}  # evaluation and checkpoints, replaced by finish
@@ -37,7 +45,7 @@ class Limit:
 
 @dataclass(frozen=True)
 class Shape:
-    loader: Loader | None
+    loader: Loader
     limits: tuple[Limit, ...]
     model: str
     loss: str
@@ -90,7 +98,7 @@ class Detector:
             self.refuse(self.module.body[0], f"cannot find the class of {model} in {self.name} or the local modules "
                                              "it imports: adopt checks that model(idx) returns every position's logits")
         wrap = self._wraps(found[0], found[1]) if found else False
-        if self.refusals or loss is None or model is None or found is None:
+        if self.refusals or loader is None or loss is None or model is None or found is None:
             return None
         return Shape(loader, limits, model, loss, wrap, found[2].name.value, found[0])
 
@@ -109,14 +117,19 @@ class Detector:
 
     # ---------------------------------------------------------------- data
     def _loader(self, loop: cst.While) -> Loader | None:
+        """The loader the loop takes its batches from; None, refused, when there is none adopt knows."""
+        refused = len(self.refusals)
         loader = self._find_loader()
-        fetch = m.Call(func=m.Name("next"), args=[m.Arg(m.Name(loader.name))]) if loader and loader.iterator else \
-            m.Call(func=m.Name(loader.name), args=[m.Arg(m.SimpleString())]) if loader else None
-        if loader is None or not m.findall(loop, fetch):
-            self.refuse(loop, "the training loop takes no batch adopt recognises: nanoGPT's get_batch('train') "
-                              "reading a np.memmap, or autoresearch's next(loader) from make_dataloader")
-            return None
-        return loader
+        if loader is None and len(self.refusals) > refused:
+            return None  # found, but unreadable: already refused
+        if loader is not None:
+            fetch = m.Call(func=m.Name("next"), args=[m.Arg(m.Name(loader.name))]) if loader.iterator \
+                else m.Call(func=m.Name(loader.name), args=[m.Arg(m.SimpleString())])
+            if m.findall(loop, fetch):
+                return loader
+        self.refuse(loop, "the training loop takes no batch adopt recognises: nanoGPT's get_batch('train') "
+                          "reading a np.memmap, or autoresearch's next(loader) from make_dataloader")
+        return None
 
     def _find_loader(self) -> Loader | None:
         for statement in self.module.body:

@@ -6,7 +6,13 @@ import libcst as cst
 import libcst.matchers as m
 
 from mutations.adopt.notes import Notes
-from mutations.adopt.syntax import BlockTransformer, assigned_names, dotted, is_call_to, only_small
+from mutations.adopt.syntax import (
+    BlockTransformer,
+    assigned_names,
+    dotted,
+    is_call_to,
+    only_small,
+)
 
 _RENAMED = {"compile": "compile_model"}   # nanoGPT's config flag, named like a forbidden builtin
 
