@@ -5,6 +5,7 @@ import click
 
 from search.cli._output import run_cli
 from search.cli.ablate import ablate, transfer
+from search.cli.adopt import adopt
 from search.cli.catalog import catalog, knobs, mutate, propose
 from search.cli.evolve import evolve
 from search.cli.export import export
@@ -20,7 +21,8 @@ def cli() -> None:
     """evotrain: evolve a train.py with measured, combined, ablated improvements."""
 
 
-for command in (evolve, status, ablate, report, export, transfer, prepare, run, catalog, mutate, propose, knobs):
+for command in (evolve, status, ablate, report, export, transfer, prepare, run, catalog, mutate, propose, knobs,
+                adopt):
     cli.add_command(command)
 
 
