@@ -202,18 +202,9 @@ def test_adopted_autoresearch_trains_under_search_run(tmp_path):
     assert data["status"] == "ok" and 0 < data["val_bpb"] < 8, data.get("message")
 
 
-@pytest.mark.xfail(strict=True, reason="needs multi-file variants: the runner does not carry model.py yet")
-def test_adopted_nanogpt_trains_under_search_run(tmp_path):
+def test_adopted_nanogpt_trains_under_search_run_with_its_model_py(tmp_path):
     assert search("adopt", str(FIXTURES / "nanogpt" / "train.py"), "-o", str(tmp_path)).returncode == 0
-    data = _trains(tmp_path)
-    assert data["status"] == "ok" and 0 < data["val_bpb"] < 8, data.get("message")
-
-
-def test_adopted_nanogpt_trains_with_its_model_inlined(tmp_path):
-    """What the xfail above waits for, checked now: with model.py's code in the script, it trains."""
-    files = adopt(FIXTURES / "nanogpt" / "train.py").files
-    train = files["train.py"][1].replace("from model import GPTConfig, GPT\n", "")
-    (tmp_path / "train.py").write_text(files["model.py"][1] + "\n" + train)
+    assert (tmp_path / "model.py").is_file() and not (tmp_path / "configurator.py").exists()
     data = _trains(tmp_path)
     assert data["status"] == "ok" and 0 < data["val_bpb"] < 8, data.get("message")
 

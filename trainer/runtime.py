@@ -53,6 +53,9 @@ def _run_standalone() -> None:
     import json
     import sys
 
+    from pathlib import Path
+
+    from trainer.program import Program
     from trainer.runner import build_spec, default_timeout, run_variant
 
     script = getattr(sys.modules.get("__main__"), "__file__", None)
@@ -61,7 +64,7 @@ def _run_standalone() -> None:
     spec = build_spec(budget=os.environ.get("EVOTRAIN_BUDGET", "200k"), seed=int(os.environ.get("EVOTRAIN_SEED", "0")),
                       device=os.environ.get("EVOTRAIN_DEVICE", "auto"),
                       dataset=os.environ.get("EVOTRAIN_DATASET", "shakespeare"))
-    result = run_variant(open(script).read(), spec, timeout_s=default_timeout(spec.budget))
+    result = run_variant(Program.load(Path(script)).text, spec, timeout_s=default_timeout(spec.budget))
     shown = {k: v for k, v in result.to_dict().items() if k not in ("curve", "log_tail", "extra")}
     print(f"[evotrain result] {json.dumps(shown)}", file=sys.stderr)
     if not result.status.is_ok():

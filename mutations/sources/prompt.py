@@ -46,7 +46,7 @@ unit's name, `code` its code, `after` the existing unit it follows (`Class.<star
 - expected_effect: what you expect to measure, e.g. "-0.01 val_bpb, steps 5% slower".
 - new_knobs: module-level UPPER_CASE constants you add that are worth tuning, with a range: log[1e-4, 1e-1], \
 float[0, 0.5], int[2, 12], int[64, 1024, step=64] or choice[a, b]. Define them next to the other \
-hyperparameters as `NAME = literal  # what it is`.
+hyperparameters as `NAME = literal  # what it is` (a constant of model.py is named `model.py::NAME` here).
 
 Rules (an answer that breaks one is sent back with the reason):
 - Keep the runtime contract: `from trainer import runtime` and every runtime call the parent makes \

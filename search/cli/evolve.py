@@ -40,7 +40,7 @@ def config_options(command: Callable) -> Callable:
               "The same command again resumes it.")
 @click.option("--run-dir", type=click.Path(path_type=Path), default=None, help="Run directory (overrides --name).")
 @click.option("--baseline", type=click.Path(path_type=Path), default=None,
-              help="The train.py to improve (default: the built-in baseline).")
+              help="The train.py to improve, with the local modules it imports (default: the built-in baseline).")
 @click.option("--direction", "direction_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               default=None, help="A research direction for the LLM mutator (program.md style).")
 @click.option("--unit", type=click.Choice(["tokens", "seconds"]), default=None,
