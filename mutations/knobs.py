@@ -616,9 +616,10 @@ def knob_table(source: str, device: str = "cpu") -> pandas.DataFrame:
     import pandas as pd
 
     derived = _derived(_parse(source))
-    rows = [(k.name, k.default, str(k.distribution), k.line, k.divides, derived.get(k.name.split("[")[0], ""))
+    rows = [(k.name, k.default, str(k.distribution), k.line, k.divides or "", derived.get(k.name.split("[")[0], ""))
             for k in extract_knobs(source, device)]
-    return pd.DataFrame(rows, columns=["name", "default", "distribution", "line", "divides", "derived"])
+    # object columns: an int default stays an int beside floats (524288, not 524288.0)
+    return pd.DataFrame(rows, columns=["name", "default", "distribution", "line", "divides", "derived"], dtype=object)
 
 
 def _derived(module: ast.Module) -> dict[str, str]:

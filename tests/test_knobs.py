@@ -546,6 +546,8 @@ def test_nanogpt_style_derived_values_follow_their_source():
     derived = knob_table(NANOGPT_LOOP).set_index("name")["derived"]
     assert derived["max_iters"] == "lr_decay_iters, warmup_iters"
     assert derived["batch_size"] == "tokens_per_iter" and derived["learning_rate"] == ""
+    defaults = knob_table(NANOGPT_LOOP)["default"]
+    assert list(defaults) == [40, 12, 6e-4, 600000] and type(defaults[0]) is int
 
 
 # ---------------------------------------------------------------- arithmetic on literals
