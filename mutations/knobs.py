@@ -1,17 +1,39 @@
 """Knobs: the literals of a train.py that Optuna may tune, their distributions, and rewriting them.
 
-What is a knob. A module-level statement `NAME = literal` (or `NAME: type = literal`), alone on its
+What is a knob. A module-level statement `NAME = value` (or `NAME: type = value`), alone on its
 line, where NAME is
 - UPPER_CASE: always a candidate (the baseline's hyperparameter block), or
 - lowercase, nanoGPT-style (`learning_rate = 6e-4`, `n_layer = 12`): a candidate unless the name
   matches NOT_KNOBS (paths, logging, evaluation cadence, checkpointing, device/dtype/backend,
   seeds, distributed settings, loop state); a `# knob: ...` comment opts such a name back in,
-and the literal is an int or float (a unary minus allowed), a bool, a string of at most 20
-characters, or a tuple of numbers (one knob per element, named `NAME[i]`). Inside
-`runtime.pick(cpu=..., cuda=...)` the knob is the argument of the active device kind. Not knobs:
-expressions (`2 * WIDTH`, `1 / 3`, `2**19`), anything inside a function, class or `if`, statements
-sharing a line (`A = 1; B = 2`), and names bound more than once at module level (which literal
-would count is unclear).
+and the value is a number, a bool, a string of at most 20 characters, or a tuple of numbers (one
+knob per element, named `NAME[i]`). A number is a literal or arithmetic on literals only: + - *
+/ // ** and unary minus (`2**19`, `256 * 1024`, `3e-4 / 2`); its default is the evaluated value,
+so `TOTAL_BATCH_SIZE = 2**19` is an int knob of 524288 ruled like any batch size. Inside
+`runtime.pick(cpu=..., cuda=...)` the knob is the argument of the active device kind.
+
+Not knobs:
+- expressions that read a name (`lr_decay_iters = max_iters`, `warmup = max_iters // 10`,
+  `HIDDEN = 2 * WIDTH`): they are derived, and they stay derived because set_knobs rewrites only
+  literals, so setting max_iters moves lr_decay_iters with it. knob_table lists them per knob
+  (column `derived`);
+- anything inside a function, class, `if`, `with` or loop, and statements sharing a line
+  (`A = 1; B = 2`);
+- state, not configuration: a name bound again after its definition, anywhere in module-level
+  code: inside a module-level loop (`step += 1`, `total_time += dt`, `smooth_loss = ...`: loop
+  state and counters), by a second plain assignment in any block (`if resume: iter_num = ...`:
+  which literal counts is unclear), or in a function that declares it `global`. An augmented
+  assignment outside any loop adjusts the value once and keeps the knob (nanoGPT's
+  `gradient_accumulation_steps //= ddp_world_size` under `if ddp:`);
+- reporting constants: a name that is read, but only to report, i.e. every read is inside
+  print(...) (print0 and the like), a call on logging/logger/log/wandb/writer, an f-string, or
+  the value of an assignment to names that are themselves only reported (`mfu = flops / PEAK`,
+  then `print(f"{mfu}")`). A name read nowhere stays a knob: a fragment of a script, or a script
+  whose runtime reads its globals, gives no evidence either way;
+- hardware peaks and MFU, by name (REPORTING: `H100_BF16_PEAK_FLOPS`, `flops_promised`, `mfu`),
+  whatever their case, in case the value escapes the flow above (passed to an estimate_mfu()).
+A `# knob:` comment opts names back in (NOT_KNOBS, REPORTING), never the state and reporting
+rules: those describe what the code does with the value.
 
 Distributions. A trailing comment overrides: `# knob: log[1e-4, 1e-1]`, `float[0, 0.5]`,
 `int[2, 12]`, `int[64, 1024, step=64]`, `int[1, 64, log]`, `choice[relu2, gelu]`, `fixed`; it
@@ -50,7 +72,12 @@ refuses values where the knob does not divide NAME's final value.
 Ranges guide sampling; they do not forbid. set_knobs writes any value of the knob's type (int for
 int knobs, float for log/float knobs, a fixed knob keeps its default's type) and refuses only unknown
 names, wrong types, values outside a choice set, and broken divisibility. It rewrites the literals
-and nothing else: every other byte of the file stays as it was.
+and nothing else: every other byte of the file stays as it was. Arithmetic keeps its form where one
+of its numbers can carry the new value exactly: a power keeps its base and changes its exponent
+(`2**19` set to 262144 is `2**18`), other operations change their first operand, else their last
+(`5 * 8` set to 80 is `10 * 8`, `256 * 1024` set to 131072 is `128 * 1024`), the changed number
+staying positive and of its type; where no such form evaluates to exactly the new value, the plain
+literal replaces the expression.
 """
 from __future__ import annotations
 
@@ -58,10 +85,12 @@ import ast
 import difflib
 import math
 import numbers
+import operator
 import re
-from collections import Counter
-from collections.abc import Callable, Mapping
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from trainer.parsing import parse_python
@@ -72,8 +101,8 @@ if TYPE_CHECKING:
     import optuna
     import pandas
 
-__all__ = ["Distribution", "Knob", "NOT_KNOBS", "RULES", "Rule", "extract_knobs", "infer_distribution", "knob_table",
-           "set_knobs"]
+__all__ = ["Distribution", "Knob", "NOT_KNOBS", "REPORTING", "RULES", "Rule", "extract_knobs", "infer_distribution",
+           "knob_table", "set_knobs"]
 
 KINDS = ("log", "float", "int", "choice", "fixed")
 FORMS = ("log[LOW, HIGH], float[LOW, HIGH], int[LOW, HIGH], int[LOW, HIGH, step=N], int[LOW, HIGH, log], "
@@ -91,9 +120,13 @@ NOT_KNOBS: dict[str, str] = {
     "device, dtype, backend": r"^(device|device_type|dtype|ptdtype|compile|backend|cuda|gpu|amp|num_workers|port)$",
     "seeds": r"seed",
     "distributed": r"^ddp|world_size|(^|_)rank$|^master_",
-    "loop state": r"^(iter_num|local_iter_num|step|epoch|t0)$|^(best|running)_|^[a-z]\d*$",
+    "loop state": r"^(iter_num|local_iter_num|step|epoch|t0|raw_model)$|^(best|running)_|^[a-z]\d*$",
     "vocabulary (set by the data)": r"vocab",
 }
+
+# Hardware peaks and MFU, whatever the case of the name: they only report how fast training ran.
+REPORTING = r"peak\w*flops|flops_promised|(^|_)mfu(_|$)"
+MAX_EXPONENT = 256  # `2**19` is a knob, `10**10**10` is not computed
 
 _UPPER = re.compile(r"[A-Z][A-Z0-9_]*")
 _LOWER = re.compile(r"[a-z][a-z0-9_]*")
@@ -393,30 +426,109 @@ def _assignment(statement: ast.stmt) -> tuple[str, ast.expr] | None:
     return None
 
 
-def _bound_names(module: ast.Module) -> Counter:
-    """How often each name is bound by a module-level assignment."""
-    targets = [t for s in module.body if isinstance(s, ast.Assign) for t in s.targets]
-    targets += [s.target for s in module.body if isinstance(s, ast.AnnAssign)]
-    return Counter(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp,
+           ast.GeneratorExp)
+_LOOPS = (ast.For, ast.AsyncFor, ast.While)
+
+
+def _state(module: ast.Module) -> set[str]:
+    """Names that hold state, not configuration: bound inside a module-level loop, bound by two plain assignments
+    anywhere in module-level code, or declared `global` in a function (only a function that rebinds a name needs it)."""
+    plain, state = Counter(), set()
+
+    def visit(node: ast.AST, in_loop: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, _SCOPES):
+                continue
+            if isinstance(child, ast.AugAssign) and isinstance(child.target, ast.Name):
+                if in_loop:  # a counter or a running total; outside a loop, a one-off adjustment of the knob
+                    state.add(child.target.id)
+                visit(child.value, in_loop)
+                continue
+            if isinstance(child, ast.Name) and isinstance(child.ctx, ast.Store):
+                plain[child.id] += 1
+                if in_loop:
+                    state.add(child.id)
+            visit(child, in_loop or isinstance(child, _LOOPS))
+
+    visit(module, False)
+    state |= {name for name, count in plain.items() if count > 1}
+    return state | {name for node in ast.walk(module) if isinstance(node, ast.Global) for name in node.names}
+
+
+_LOGGERS = {"logging", "logger", "log", "wandb", "writer"}
+
+
+def _reports(call: ast.Call) -> bool:
+    """print(...), print0(...), logging.info(...), logger.warning(...), wandb.log(...), writer.add_scalar(...)."""
+    func = call.func
+    if isinstance(func, ast.Name):
+        return func.id.startswith("print")
+    return isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id in _LOGGERS
+
+
+def _reported(module: ast.Module) -> set[str]:
+    """Names that are read, and only to report: every read is inside a reporting call or an f-string, or in the value
+    of an assignment to names that are themselves only reported (`mfu = flops / PEAK_FLOPS`, then `print(mfu)`)."""
+    flows = defaultdict(list)  # name -> per read: the names it is assigned to (none: reported), or None: used
+
+    def visit(node: ast.AST, flow: frozenset | None) -> None:
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            flows[node.id].append(flow)
+            return
+        if isinstance(node, ast.JoinedStr) or isinstance(node, ast.Call) and _reports(node):
+            flow = frozenset()
+        elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)) and node.value is not None:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            parts = [n for t in targets for n in ast.walk(t)]
+            plain = all(isinstance(n, (ast.Name, ast.Tuple, ast.List, ast.Starred, ast.expr_context)) for n in parts)
+            visit(node.value, frozenset(n.id for n in parts if isinstance(n, ast.Name)) if plain else None)
+            for target in targets:  # `d[KEY] = ...` reads KEY
+                visit(target, flow)
+            return
+        for child in ast.iter_child_nodes(node):
+            visit(child, flow)
+
+    visit(module, None)
+    reported = {name for name, reads in flows.items() if None not in reads}
+    while True:  # drop names that feed a name still in use, until none does
+        kept = {name for name in reported if all(read <= reported for read in flows[name])}
+        if kept == reported:
+            return reported
+        reported = kept
 
 
 def _candidate(name: str, comment: str) -> bool:
-    if _UPPER.fullmatch(name):
-        return True
-    if not _LOWER.fullmatch(name):
+    lower = _LOWER.fullmatch(name)
+    if not (lower or _UPPER.fullmatch(name)):
         return False
-    excluded = any(re.search(pattern, name) for pattern in NOT_KNOBS.values())
+    patterns = [REPORTING, *NOT_KNOBS.values()] if lower else [REPORTING]
+    excluded = any(re.search(pattern, name.lower()) for pattern in patterns)
     return not excluded or _OVERRIDE.search(comment) is not None
 
 
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+              ast.FloorDiv: operator.floordiv, ast.Pow: operator.pow}
+
+
 def _number(node: ast.expr) -> object:
-    """An int or float literal, a unary minus allowed; else _MISSING."""
+    """The int or float value of a number literal or of arithmetic on number literals (+ - * / // ** and unary
+    minus); _MISSING for anything else, names included."""
+    if isinstance(node, ast.Constant):
+        return node.value if type(node.value) in (int, float) else _MISSING
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
         inner = _number(node.operand)
-        return _MISSING if inner is _MISSING or not isinstance(node.operand, ast.Constant) else -inner
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return node.value
-    return _MISSING
+        return _MISSING if inner is _MISSING else -inner
+    if not (isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS):
+        return _MISSING
+    left, right = _number(node.left), _number(node.right)
+    if left is _MISSING or right is _MISSING or isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
+        return _MISSING
+    try:
+        value = _OPERATORS[type(node.op)](left, right)
+        return value if type(value) in (int, float) and math.isfinite(value) else _MISSING  # (-8) ** 0.5 is complex
+    except (ArithmeticError, ValueError):  # 1 / 0, 2.0 ** 5000, an int too large for a float
+        return _MISSING
 
 
 def _scalar(node: ast.expr) -> object:
@@ -460,11 +572,11 @@ def _statements(module: ast.Module, lines: _Lines) -> list[tuple[ast.stmt, str]]
 def _sites(source: str, device: str) -> list[_Site]:
     argument = _pick_argument(device)
     module, lines = _parse(source), _Lines(source)
-    bound = _bound_names(module)
+    not_configuration = _state(module) | _reported(module)
     sites = []
     for statement, comment in _statements(module, lines):
         assignment = _assignment(statement)
-        if assignment is None or bound[assignment[0]] > 1 or not _candidate(assignment[0], comment):
+        if assignment is None or assignment[0] in not_configuration or not _candidate(assignment[0], comment):
             continue
         name, value = assignment
         picked = _picked(value, argument)
@@ -494,16 +606,31 @@ def set_knobs(source: str, values: Mapping[str, object], device: str = "cpu") ->
     edits = sorted((sites[name] for name, value in new.items() if not _same(value, sites[name].knob.default)),
                    key=lambda site: site.start, reverse=True)
     for site in edits:
-        source = source[:site.start] + _literal_text(new[site.knob.name], site.text) + source[site.end:]
+        source = source[:site.start] + _new_text(new[site.knob.name], site.text) + source[site.end:]
     return source
 
 
 def knob_table(source: str, device: str = "cpu") -> pandas.DataFrame:
-    """One row per knob: name, default, distribution (as in a `# knob:` comment), line, divides."""
+    """One row per knob: name, default, distribution (as in a `# knob:` comment), line, divides, and derived: the
+    module-level names computed from the knob, which follow it when it is set."""
     import pandas as pd
 
-    rows = [(k.name, k.default, str(k.distribution), k.line, k.divides) for k in extract_knobs(source, device)]
-    return pd.DataFrame(rows, columns=["name", "default", "distribution", "line", "divides"])
+    derived = _derived(_parse(source))
+    rows = [(k.name, k.default, str(k.distribution), k.line, k.divides or "", derived.get(k.name.split("[")[0], ""))
+            for k in extract_knobs(source, device)]
+    # object columns: an int default stays an int beside floats (524288, not 524288.0)
+    return pd.DataFrame(rows, columns=["name", "default", "distribution", "line", "divides", "derived"], dtype=object)
+
+
+def _derived(module: ast.Module) -> dict[str, str]:
+    """name -> the module-level names assigned from expressions that read it (`lr_decay_iters = max_iters`)."""
+    found = defaultdict(list)
+    for statement in module.body:
+        assignment = _assignment(statement)
+        reads = {n.id for n in ast.walk(assignment[1]) if isinstance(n, ast.Name)} if assignment else ()
+        for name in sorted(reads):
+            found[name].append(assignment[0])
+    return {name: ", ".join(targets) for name, targets in found.items()}
 
 
 # ---------------------------------------------------------------- setting values
@@ -570,6 +697,69 @@ def _check_divisibility(sites: Mapping[str, _Site], new: Mapping[str, object]) -
         if not divisor or dividend % divisor:
             raise UserError(f"{name}={divisor!r} must divide {target}={dividend!r} (line {site.knob.line}); "
                             f"choose {name} among the divisors of {target}")
+
+
+def _new_text(value: object, old_text: str) -> str:
+    """The text that replaces old_text: arithmetic in its own form where that is exact, else a literal."""
+    rewritten = _same_form(value, old_text) if type(value) in (int, float) else None
+    return rewritten or _literal_text(value, old_text)
+
+
+def _same_form(value: int | float, old_text: str) -> str | None:
+    """old_text, arithmetic on number literals, with one number changed so that it evaluates to exactly value;
+    None when old_text is a plain literal or no single number can carry value."""
+    wrapped = f"({old_text})"  # parses an expression that spans lines inside the statement's parentheses
+    expression, lines = ast.parse(wrapped, mode="eval").body, _Lines(wrapped)
+    if isinstance(expression, ast.Constant):
+        return None
+    for leaf, number in _leaf_values(expression, Fraction(value)):
+        start, end = lines.offset(leaf.lineno, leaf.col_offset), lines.offset(leaf.end_lineno, leaf.end_col_offset)
+        text = wrapped[1:start] + _literal_text(number, "") + wrapped[end:-1]
+        if _same(_number(ast.parse(f"({text})", mode="eval").body), value):  # solving proposes, evaluation decides
+            return text
+    return None
+
+
+# Per operator, the value of its left operand, then of its right, that makes `left op right` equal v
+# given the other operand's value; a power changes only its exponent.
+_INVERSES: dict[type, tuple[Callable | None, Callable]] = {
+    ast.Add: (lambda v, b: v - b, lambda v, a: v - a),
+    ast.Sub: (lambda v, b: v + b, lambda v, a: a - v),
+    ast.Mult: (lambda v, b: v / b, lambda v, a: v / a),
+    ast.Div: (lambda v, b: v * b, lambda v, a: a / v),
+    ast.FloorDiv: (lambda v, b: v * b, lambda v, a: a / v),
+    ast.Pow: (None, lambda v, a: Fraction(round(math.log(v, a)))),
+}
+
+
+def _leaf_values(node: ast.expr, target: Fraction) -> Iterator[tuple[ast.Constant, int | float]]:
+    """(number literal, new value) pairs that may make node evaluate to target, the first operand's first."""
+    if isinstance(node, ast.Constant):
+        number = _positive(target, type(node.value))
+        if number is not None:
+            yield node, number
+    elif isinstance(node, ast.UnaryOp):
+        yield from _leaf_values(node.operand, -target)
+    else:
+        operands = (node.left, node.right)
+        values = [Fraction(_number(operand)) for operand in operands]
+        for i, inverse in enumerate(_INVERSES[type(node.op)]):
+            try:
+                wanted = inverse(target, values[1 - i]) if inverse else None
+            except (ArithmeticError, ValueError):  # a zero operand, the log of a negative number or base 1
+                continue
+            if wanted is not None:
+                yield from _leaf_values(operands[i], wanted)
+
+
+def _positive(x: Fraction, kind: type) -> int | float | None:
+    """x as a positive number of the literal's kind, if it is one."""
+    if x <= 0 or (kind is int and x.denominator != 1):
+        return None
+    try:
+        return kind(x)
+    except OverflowError:
+        return None
 
 
 def _literal_text(value: object, old_text: str) -> str:

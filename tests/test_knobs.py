@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mutations.knobs import Distribution, Knob, extract_knobs, knob_table, set_knobs
+from mutations.knobs import Distribution, Knob, extract_knobs, infer_distribution, knob_table, set_knobs
 from trainer.errors import UserError
 
 BASELINE = (resources.files("trainer") / "baselines" / "train.py").read_text()
@@ -244,9 +244,9 @@ NOT_KNOBS = textwrap.dedent('''
     """A docstring."""
     import math
     from trainer import runtime
-    HIDDEN = 2 * 64
-    THIRD = 1 / 3
-    TOTAL = 2**19
+    HIDDEN = 2 * WIDTH
+    TOTAL = 2**DEPTH
+    CALLED = abs(-3)
     NOTHING = None
     LONG_NAME = "a string longer than twenty characters"
     RAW = b"bytes"
@@ -257,7 +257,7 @@ NOT_KNOBS = textwrap.dedent('''
     TWICE = 2
     MIXED_TUPLE = (1, "a")
     BOOLS = (True, False)
-    EXPR_PICK = runtime.pick(cpu=2 * 8, cuda=64)
+    EXPR_PICK = runtime.pick(cpu=2 * WIDTH, cuda=64)
     if math.pi > 3:
         INSIDE_IF = 3
 
@@ -399,8 +399,198 @@ def test_fixed_and_impossible_distributions():
 
 def test_knob_table():
     table = knob_table(BASELINE)
-    assert list(table.columns) == ["name", "default", "distribution", "line", "divides"]
+    assert list(table.columns) == ["name", "default", "distribution", "line", "divides", "derived"]
     assert list(table["name"]) == BASELINE_NAMES
     row = table.set_index("name").loc["LEARNING_RATE"]
     assert (row["default"], row["distribution"]) == (1e-3, "log[1e-4, 0.01]")
     assert table.set_index("name").loc["HEADS", "divides"] == "WIDTH"
+
+
+# ---------------------------------------------------------------- state and reporting are not configuration
+# Written for these tests in the shape of an autoresearch-style train.py: UPPER_CASE hyperparameters, the model,
+# then a module-level training loop that keeps running totals and reports MFU.
+AUTORESEARCH_STYLE = textwrap.dedent('''
+    import time
+    import torch
+
+    # hyperparameters
+    TOTAL_BATCH_SIZE = 2**19   # tokens per optimizer step
+    DEVICE_BATCH_SIZE = 32
+    MATRIX_LR = 0.04
+    WARMDOWN_RATIO = 0.5
+    TIME_BUDGET = 300
+
+    model = build(DEVICE_BATCH_SIZE)
+    H100_BF16_PEAK_FLOPS = 989.5e12
+    flops_per_token = model.flops()
+    grad_accum_steps = TOTAL_BATCH_SIZE // (DEVICE_BATCH_SIZE * 2048)
+    print(f"accumulating {grad_accum_steps} micro-batches")
+
+    smooth_train_loss = 0
+    total_training_time = 0
+    step = 0
+    while True:
+        t0 = time.time()
+        for micro_step in range(grad_accum_steps):
+            loss = model(next_batch())
+            loss.backward()
+        lr = MATRIX_LR * schedule(total_training_time / TIME_BUDGET, WARMDOWN_RATIO)
+        optimizer.step(lr)
+        dt = time.time() - t0
+        if step > 10:
+            total_training_time += dt
+        smooth_train_loss = 0.9 * smooth_train_loss + 0.1 * loss.item()
+        mfu = 100 * flops_per_token * TOTAL_BATCH_SIZE / dt / H100_BF16_PEAK_FLOPS
+        print(f"step {step} loss {smooth_train_loss:.3f} mfu {mfu:.1f}%")
+        step += 1
+        if total_training_time >= TIME_BUDGET:
+            break
+''')
+
+
+def test_autoresearch_style_loop_state_and_reporting_constants_are_not_knobs():
+    knobs = knobs_of(AUTORESEARCH_STYLE)
+    assert list(knobs) == ["TOTAL_BATCH_SIZE", "DEVICE_BATCH_SIZE", "MATRIX_LR", "WARMDOWN_RATIO", "TIME_BUDGET"]
+    total = knobs["TOTAL_BATCH_SIZE"]
+    assert total.default == 524288 and type(total.default) is int
+    assert total.distribution == infer_distribution("TOTAL_BATCH_SIZE", 524288) == Distribution("int", 262144, 1048576,
+                                                                                                 step=64)
+    changed = set_knobs(AUTORESEARCH_STYLE, {"TOTAL_BATCH_SIZE": 262144})
+    assert changed == AUTORESEARCH_STYLE.replace("2**19", "2**18")
+
+
+@pytest.mark.parametrize("code", [
+    "while running():\n    COUNTER += 1\n",                           # a counter
+    "for batch in data:\n    if ready():\n        COUNTER = 2\n",    # re-assigned in a loop, however deep
+    "for COUNTER in range(3):\n    pass\n",                           # a loop variable
+    "with timer() as COUNTER:\n    pass\n",                           # bound again in a block
+    "if resume:\n    COUNTER = checkpoint['counter']\n",              # which literal counts is unclear
+    "def tick():\n    global COUNTER\n    COUNTER = COUNTER + 1\n",  # a function updates it
+])
+def test_names_bound_again_are_state_not_knobs(code):
+    source = f"COUNTER = 0\nLEARNING_RATE = 1e-3\n{code}train(COUNTER, LEARNING_RATE)\n"
+    assert list(knobs_of(source)) == ["LEARNING_RATE"]
+
+
+def test_a_one_off_adjustment_outside_a_loop_keeps_the_knob():
+    source = "gradient_accumulation_steps = 5 * 8\nif ddp:\n    gradient_accumulation_steps //= world_size\n"
+    assert knobs_of(source)["gradient_accumulation_steps"].default == 40
+
+
+def test_names_only_reported_are_not_knobs():
+    source = textwrap.dedent('''
+        import logging
+        REFERENCE_THROUGHPUT = 312e12
+        LABEL = "tiny"
+        LEARNING_RATE = 1e-3
+        SHOWN_VIA_LOGGER = 7
+        utilization = tokens / REFERENCE_THROUGHPUT
+        ratio = utilization * 100
+        train(LEARNING_RATE)
+        print(f"{LABEL}: lr {LEARNING_RATE} utilization {ratio:.1f}%")
+        logging.info("%d", SHOWN_VIA_LOGGER)
+    ''')
+    assert list(knobs_of(source)) == ["LEARNING_RATE"]
+
+
+def test_hardware_peaks_are_not_knobs_unless_a_comment_opts_them_in():
+    source = "PEAK_FLOPS = 312e12\nrunning_mfu = model.estimate_mfu(PEAK_FLOPS)\n"
+    assert extract_knobs(source) == []
+    assert list(knobs_of(source.replace("312e12", "312e12  # knob: fixed"))) == ["PEAK_FLOPS"]
+
+
+# Written for these tests in the shape of a nanoGPT-style train.py: lowercase configuration, values derived from
+# others, and the loop state around a module-level training loop.
+NANOGPT_LOOP = textwrap.dedent('''
+    gradient_accumulation_steps = 5 * 8
+    batch_size = 12
+    learning_rate = 6e-4
+    max_iters = 600000
+    lr_decay_iters = max_iters
+    warmup_iters = max_iters // 10
+    eval_interval = 2000
+    if ddp:
+        gradient_accumulation_steps //= ddp_world_size
+    tokens_per_iter = gradient_accumulation_steps * batch_size * 1024
+    print(f"tokens per iteration: {tokens_per_iter:,}")
+    iter_num = 0
+    best_val_loss = 1e9
+    if init_from == 'resume':
+        iter_num = checkpoint['iter_num']
+        best_val_loss = checkpoint['best_val_loss']
+    raw_model = None
+    local_iter_num = 0
+    running_mfu = -1.0
+    t0 = time.time()
+    while True:
+        lr = get_lr(iter_num, learning_rate, warmup_iters, lr_decay_iters)
+        if iter_num % eval_interval == 0:
+            best_val_loss = min(best_val_loss, evaluate())
+        for micro_step in range(gradient_accumulation_steps):
+            train_step(get_batch(batch_size), lr)
+        running_mfu = 0.9 * running_mfu + 0.1 * estimate()
+        iter_num += 1
+        local_iter_num += 1
+        if iter_num > max_iters:
+            break
+''')
+
+
+def test_nanogpt_style_derived_values_follow_their_source():
+    knobs = knobs_of(NANOGPT_LOOP)
+    assert list(knobs) == ["gradient_accumulation_steps", "batch_size", "learning_rate", "max_iters"]
+    assert knobs["gradient_accumulation_steps"].default == 40
+    changed = set_knobs(NANOGPT_LOOP, {"max_iters": 5000, "gradient_accumulation_steps": 80})
+    assert changed == NANOGPT_LOOP.replace("= 600000", "= 5000").replace("5 * 8", "10 * 8")
+    assert "lr_decay_iters = max_iters\nwarmup_iters = max_iters // 10\n" in changed
+    derived = knob_table(NANOGPT_LOOP).set_index("name")["derived"]
+    assert derived["max_iters"] == "lr_decay_iters, warmup_iters"
+    assert derived["batch_size"] == "tokens_per_iter" and derived["learning_rate"] == ""
+    defaults = knob_table(NANOGPT_LOOP)["default"]
+    assert list(defaults) == [40, 12, 6e-4, 600000] and type(defaults[0]) is int
+
+
+# ---------------------------------------------------------------- arithmetic on literals
+@pytest.mark.parametrize("expression, default", [
+    ("2**19", 524288), ("256 * 1024", 262144), ("5 * 8", 40), ("3e-4 / 2", 1.5e-4), ("1 / 3", 1 / 3), ("100 // 3", 33),
+    ("-(2 ** 3)", -8), ("(2 *\n    8 * 1024)", 16384),
+])
+def test_arithmetic_on_literals_is_a_knob_of_its_value(expression, default):
+    knob = one_knob(f"VALUE = {expression}\n")
+    assert knob.default == default and type(knob.default) is type(default)
+    assert knob.distribution == infer_distribution("VALUE", default)
+
+
+@pytest.mark.parametrize("expression, value, written", [
+    ("2**19", 262144, "2**18"),              # a power keeps its base
+    ("2 ** 19", 2**20, "2 ** 20"),
+    ("2**19", 300000, "300000"),             # not a power of 2: the plain literal
+    ("256 * 1024", 131072, "128 * 1024"),    # the first factor scales
+    ("5 * 8", 80, "10 * 8"),
+    ("5 * 8", 45, "5 * 9"),                  # else the last
+    ("5 * 8", 12, "12"),                     # else the plain literal
+    ("5 * 8", 0, "0"),                       # the changed number stays positive
+    ("2 * 8 * 1024", 32768, "4 * 8 * 1024"),
+    ("3e-4 / 2", 1e-3, "2e-3 / 2"),
+    ("2**-1", 0.125, "2**-3"),
+])
+def test_setting_arithmetic_keeps_its_form_where_exact(expression, value, written):
+    source = f"import math\nVALUE = {expression}  # a comment\nLR = 1e-3\n"
+    changed = set_knobs(source, {"VALUE": value})
+    assert changed == source.replace(expression, written)
+    assert knobs_of(changed)["VALUE"].default == value
+
+
+EXPRESSIONS = ["2**19", "256 * 1024", "5 * 8", "3e-4 / 2", "1 / 3", "100 // 3", "10 - 3", "2**-1", "-5 * 8",
+               "(2 *\n    8 * 1024)", "7 + 0.5"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(expression=st.sampled_from(EXPRESSIONS), number=st.floats(-1e7, 1e7, allow_nan=False, allow_subnormal=False))
+def test_setting_arithmetic_never_writes_a_wrong_value(expression, number):
+    source = f"VALUE = {expression}  # knob: fixed\nLR = 1e-3\n"
+    value = int(number) if isinstance(knobs_of(source)["VALUE"].default, int) else number
+    changed = set_knobs(source, {"VALUE": value})
+    after = knobs_of(changed)["VALUE"].default
+    assert after == value and type(after) is type(value)
+    assert changed.endswith("  # knob: fixed\nLR = 1e-3\n")
