@@ -89,13 +89,13 @@ import operator
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
-from trainer.parsing import parse_python
-
 from trainer.errors import UserError
+from trainer.parsing import parse_python
+from trainer.program import Program, is_multi_file
 
 if TYPE_CHECKING:
     import optuna
@@ -591,12 +591,19 @@ def _sites(source: str, device: str) -> list[_Site]:
 
 # ---------------------------------------------------------------- public API
 def extract_knobs(source: str, device: str = "cpu") -> list[Knob]:
-    """The knobs of a train.py in source order; `device` picks runtime.pick's argument."""
+    """The knobs of a train.py in source order; `device` picks runtime.pick's argument. Of a program
+    (trainer.program), every file's, a module's named `model.py::NAME`."""
+    if is_multi_file(source):
+        program = Program.parse(source)
+        return [replace(knob, name=program.qualify(name, knob.name)) for name, text in program.files
+                for knob in extract_knobs(text, device)]
     return [site.knob for site in _sites(source, device)]
 
 
 def set_knobs(source: str, values: Mapping[str, object], device: str = "cpu") -> str:
     """The source with the named knobs' literals rewritten; every other byte unchanged."""
+    if is_multi_file(source):
+        return _set_program_knobs(Program.parse(source), values, device)
     sites = {site.knob.name: site for site in _sites(source, device)}
     for name in values:
         if name not in sites:
@@ -610,10 +617,29 @@ def set_knobs(source: str, values: Mapping[str, object], device: str = "cpu") ->
     return source
 
 
+def _set_program_knobs(program: Program, values: Mapping[str, object], device: str) -> str:
+    by_file: dict[str, dict[str, object]] = {}
+    for name, value in values.items():
+        try:
+            file, local = program.locate(name)
+        except KeyError:
+            raise UserError(_unknown(name, [knob.name for knob in extract_knobs(program.text, device)])) from None
+        by_file.setdefault(file, {})[local] = value
+    return program.with_sources({file: set_knobs(program.source(file), local_values, device)
+                                 for file, local_values in by_file.items()}).text
+
+
 def knob_table(source: str, device: str = "cpu") -> pandas.DataFrame:
     """One row per knob: name, default, distribution (as in a `# knob:` comment), line, divides, and derived: the
     module-level names computed from the knob, which follow it when it is set."""
     import pandas as pd
+
+    if is_multi_file(source):
+        program = Program.parse(source)
+        tables = [knob_table(text, device) for _, text in program.files]
+        for (name, _), table in zip(program.files, tables):
+            table["name"] = [program.qualify(name, knob) for knob in table["name"]]
+        return pd.concat(tables, ignore_index=True)
 
     derived = _derived(_parse(source))
     rows = [(k.name, k.default, str(k.distribution), k.line, k.divides or "", derived.get(k.name.split("[")[0], ""))

@@ -10,11 +10,13 @@ import pytest
 from mutations.catalog import get
 from mutations.diff import structural_diff
 from mutations.edits import ApplyError, Edit, Action, Mutation, apply_mutation
+from mutations.knobs import extract_knobs, set_knobs
 from mutations.merge import merge
 from mutations.patch import from_search_replace, unified_diff
 from mutations.sources._base import ProposalRequest
 from mutations.sources.prompt import first_turn
 from mutations.validation import Reason, validate_source
+from trainer.errors import UserError
 from trainer.program import Program
 
 TWO_FILE = Path(__file__).parent / "fixtures" / "two_file"
@@ -107,3 +109,13 @@ def test_the_llm_sees_every_file_and_its_addresses(project):
     text = "\n".join(block["text"] for block in first_turn(ProposalRequest(parent_source=project.text), "")["content"])
     assert "## model.py" in text and "## train.py" in text
     assert "model.py::GPT.configure_optimizers" in text
+
+
+def test_knobs_of_every_file_are_listed_and_set_where_they_live(project):
+    with_muon = Program.parse(get("muon").apply(project.text))  # muon adds its MUON_LR knob to model.py
+    names = [knob.name for knob in extract_knobs(with_muon.text)]
+    assert "learning_rate" in names and "model.py::MUON_LR" in names
+    tuned = Program.parse(set_knobs(with_muon.text, {"model.py::MUON_LR": 0.01, "learning_rate": 1e-3}))
+    assert "MUON_LR = 0.01" in tuned.source("model.py") and "learning_rate = 1e-3" in tuned.script
+    with pytest.raises(UserError, match="MUON_LRR"):
+        set_knobs(with_muon.text, {"model.py::MUON_LRR": 0.01})
