@@ -31,7 +31,9 @@ Not knobs:
   then `print(f"{mfu}")`). A name read nowhere stays a knob: a fragment of a script, or a script
   whose runtime reads its globals, gives no evidence either way;
 - hardware peaks and MFU, by name (REPORTING: `H100_BF16_PEAK_FLOPS`, `flops_promised`, `mfu`),
-  whatever their case, in case the value escapes the flow above (passed to an estimate_mfu()).
+  whatever their case, in case the value escapes the flow above (passed to an estimate_mfu()); and
+  budgets (`TIME_BUDGET` of autoresearch's prepare.py): the budget is the runtime's, the same for
+  every variant, so a variant that sets its own would buy itself compute.
 A `# knob:` comment opts names back in (NOT_KNOBS, REPORTING), never the state and reporting
 rules: those describe what the code does with the value.
 
@@ -67,7 +69,10 @@ Optuna cannot sample an int on a log scale with a step, so widths and batch size
 and are sampled uniformly over [x/2, 2x], which skews them little.
 
 A comment `must divide NAME`, `divides NAME` or `divisor of NAME` sets Knob.divides: set_knobs
-refuses values where the knob does not divide NAME's final value.
+refuses values where the knob does not divide NAME's final value. Without one, an int knob of
+attention heads (`n_head`, `HEADS`) divides the file's one int knob of model width (`n_embd`,
+`WIDTH`, `d_model`) when there is exactly one: every GPT splits its width across its heads, and
+a script seldom says so in a comment.
 
 Ranges guide sampling; they do not forbid. set_knobs writes any value of the knob's type (int for
 int knobs, float for log/float knobs, a fixed knob keeps its default's type) and refuses only unknown
@@ -124,8 +129,9 @@ NOT_KNOBS: dict[str, str] = {
     "vocabulary (set by the data)": r"vocab",
 }
 
-# Hardware peaks and MFU, whatever the case of the name: they only report how fast training ran.
-REPORTING = r"peak\w*flops|flops_promised|(^|_)mfu(_|$)"
+# Hardware peaks and MFU, whatever the case of the name: they only report how fast training ran; and budgets,
+# which are the runtime's to set.
+REPORTING = r"peak\w*flops|flops_promised|(^|_)mfu(_|$)|budget"
 MAX_EXPONENT = 256  # `2**19` is a knob, `10**10**10` is not computed
 
 _UPPER = re.compile(r"[A-Z][A-Z0-9_]*")
@@ -372,6 +378,21 @@ def _divides(comment: str) -> str | None:
     return found[1] if found else None
 
 
+_HEADS = re.compile(r"head", re.IGNORECASE)
+_WIDTH = re.compile(r"embd|width|d_model|model_dim", re.IGNORECASE)
+
+
+def _heads_divide_width(sites: list[_Site]) -> list[_Site]:
+    """Sites with an unstated heads-divide-width constraint filled in (see the module docstring)."""
+    ints = [site.knob for site in sites if type(site.knob.default) is int]
+    widths = [knob.name for knob in ints if _WIDTH.search(knob.name)]
+    if len(widths) != 1:
+        return sites
+    return [replace(site, knob=replace(site.knob, divides=widths[0]))
+            if type(site.knob.default) is int and site.knob.divides is None and _HEADS.search(site.knob.name)
+            else site for site in sites]
+
+
 # ---------------------------------------------------------------- finding the literals
 # Read with the ast module, not libcst: knobs need only positions and values, and ast gives both
 # about 100x faster (set_knobs runs once per Optuna trial, and in tests hundreds of times).
@@ -586,7 +607,7 @@ def _sites(source: str, device: str) -> list[_Site]:
             start = lines.offset(node.lineno, node.col_offset)
             end = lines.offset(node.end_lineno, node.end_col_offset)
             sites.append(_Site(knob, start, end, source[start:end]))
-    return sites
+    return _heads_divide_width(sites)
 
 
 # ---------------------------------------------------------------- public API

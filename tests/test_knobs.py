@@ -450,7 +450,8 @@ AUTORESEARCH_STYLE = textwrap.dedent('''
 
 def test_autoresearch_style_loop_state_and_reporting_constants_are_not_knobs():
     knobs = knobs_of(AUTORESEARCH_STYLE)
-    assert list(knobs) == ["TOTAL_BATCH_SIZE", "DEVICE_BATCH_SIZE", "MATRIX_LR", "WARMDOWN_RATIO", "TIME_BUDGET"]
+    # TIME_BUDGET is not one: the budget is the runtime's
+    assert list(knobs) == ["TOTAL_BATCH_SIZE", "DEVICE_BATCH_SIZE", "MATRIX_LR", "WARMDOWN_RATIO"]
     total = knobs["TOTAL_BATCH_SIZE"]
     assert total.default == 524288 and type(total.default) is int
     assert total.distribution == infer_distribution("TOTAL_BATCH_SIZE", 524288) == Distribution("int", 262144, 1048576,
@@ -594,3 +595,16 @@ def test_setting_arithmetic_never_writes_a_wrong_value(expression, number):
     after = knobs_of(changed)["VALUE"].default
     assert after == value and type(after) is type(value)
     assert changed.endswith("  # knob: fixed\nLR = 1e-3\n")
+
+
+def test_a_budget_is_not_a_knob_whatever_its_case():
+    source = "TIME_BUDGET = 300\ntime_budget = 300\nMAX_SEQ_LEN = 2048\n"
+    assert [knob.name for knob in extract_knobs(source)] == ["MAX_SEQ_LEN"]
+
+
+def test_heads_divide_the_width_without_a_comment_saying_so():
+    source = "n_layer = 2\nn_head = 2\nn_embd = 32\n"
+    assert {knob.name: knob.divides for knob in extract_knobs(source)}["n_head"] == "n_embd"
+    with pytest.raises(UserError, match="divide"):
+        set_knobs(source, {"n_head": 3})
+    assert set_knobs(source, {"n_head": 4}) == "n_layer = 2\nn_head = 4\nn_embd = 32\n"

@@ -22,10 +22,10 @@ from mutations.adopt.imports import REPLACED_MODULES, rewrite_imports
 from mutations.adopt.loop import rewrite_loop
 from mutations.adopt.notes import AdoptError, Notes
 from mutations.adopt.shape import Detector
-from mutations.adopt.syntax import dotted, only_small
 from mutations.adopt.targets import rewrite_targets
 from mutations.adopt.validator import rewrite_forbidden
 from trainer.errors import UserError
+from trainer.program import Program
 
 __all__ = ["AdoptError", "Adoption", "adopt"]
 
@@ -41,7 +41,7 @@ def adopt(script: Path) -> Adoption:
     """The script and its local modules, converted; AdoptError with every reason when something cannot be."""
     source = _read(script)
     wrapper = MetadataWrapper(_parse(script, source))
-    imported = _local_imports(wrapper.module, script.parent)
+    imported = _local_imports(script, source)
     local = {name: MetadataWrapper(_parse(script.parent / name, _read(script.parent / name)))
              for name in imported if name.removesuffix(".py") not in REPLACED_MODULES}
     detector = Detector(script.name, wrapper, local)
@@ -68,15 +68,11 @@ def adopt(script: Path) -> Adoption:
     return Adoption(files, left_out, notes.summary)
 
 
-def _local_imports(module: cst.Module, folder: Path) -> list[str]:
-    """The files beside the script that it imports at module level (model.py, prepare.py)."""
-    found = []
-    for line in module.body:
-        small = only_small(line)
-        names = [dotted(a.name) for a in small.names] if isinstance(small, cst.Import) else \
-            [dotted(small.module)] if isinstance(small, cst.ImportFrom) and small.module and not small.relative else []
-        found += [f"{n}.py" for n in names if n and "." not in n and (folder / f"{n}.py").is_file()]
-    if "exec(open('configurator.py')" in module.code.replace('"', "'") and (folder / "configurator.py").is_file():
+def _local_imports(script: Path, source: str) -> list[str]:
+    """The files beside the script that it imports (model.py, prepare.py: those a variant carries, see
+    trainer.program), and configurator.py when it execs it."""
+    found = list(Program.load(script).names[1:])
+    if "exec(open('configurator.py')" in source.replace('"', "'") and (script.parent / "configurator.py").is_file():
         found.append("configurator.py")
     return found
 
