@@ -1,4 +1,5 @@
-"""A two-file, nanoGPT-shaped project (train.py + model.py) evolved end to end on CPU, then exported."""
+"""A two-file, nanoGPT-shaped project (train.py + model.py, as search adopt writes it) evolved end to end on CPU,
+then exported."""
 from __future__ import annotations
 
 import shutil
@@ -13,7 +14,8 @@ from search.config import EvolveConfig
 from search.driver import Driver
 from search.progress import NullReporter
 
-TWO_FILE = Path(__file__).parent / "fixtures" / "two_file"
+# nanoGPT-shaped: train.py and model.py, as `search adopt` writes them (tests/test_adopt.py keeps them so)
+NANOGPT_PROJECT = Path(__file__).parent / "fixtures" / "adopt" / "nanogpt" / "expected"
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +23,7 @@ def evolved(tmp_path_factory) -> tuple[Path, Path]:
     """(the project folder, the run directory) of a finished search over both files."""
     root = tmp_path_factory.mktemp("project")
     project = root / "project"
-    shutil.copytree(TWO_FILE, project)
+    shutil.copytree(NANOGPT_PROJECT, project)
     run_dir = root / "run"
     # bigram_embedding changes model.py (a large gain on this model), smaller_batch train.py's config block
     config = EvolveConfig(run_dir=run_dir, baseline=project / "train.py",

@@ -19,12 +19,13 @@ from mutations.validation import Reason, validate_source
 from trainer.errors import UserError
 from trainer.program import Program
 
-TWO_FILE = Path(__file__).parent / "fixtures" / "two_file"
+# nanoGPT-shaped: train.py and model.py, as `search adopt` writes them (tests/test_adopt.py keeps them so)
+NANOGPT_PROJECT = Path(__file__).parent / "fixtures" / "adopt" / "nanogpt" / "expected"
 
 
 @pytest.fixture
 def project() -> Program:
-    return Program.load(TWO_FILE / "train.py")
+    return Program.load(NANOGPT_PROJECT / "train.py")
 
 
 def test_a_script_brings_the_local_modules_it_imports_and_nothing_else(tmp_path):
@@ -51,7 +52,7 @@ def test_a_stored_program_cannot_name_a_path_outside_its_folder(name):
 
 def test_one_change_may_edit_both_files_and_round_trips(project):
     changed = project.with_sources({
-        "model.py": project.source("model.py").replace("F.gelu(self.c_fc(x))", "F.relu(self.c_fc(x)).square()"),
+        "model.py": project.source("model.py").replace("F.gelu(self.c_fc(x))", "F.silu(self.c_fc(x))"),
         "train.py": project.script.replace("learning_rate = 3e-3", "learning_rate = 6e-3")})
     mutation = structural_diff(project.text, changed.text)
     assert {edit.target for edit in mutation.edits} == {"learning_rate", "model.py::MLP.forward"}
@@ -86,13 +87,13 @@ def test_a_refusal_in_a_module_names_it(project):
 
 
 def test_a_runtime_call_removed_from_the_script_is_refused_even_with_modules(project):
-    broken = project.with_sources({"train.py": project.script.replace("runtime.step(model, loss)", "pass")})
+    broken = project.with_sources({"train.py": project.script.replace("runtime.step(full_logits, loss)", "pass")})
     assert Reason.PROTECTED in [r.reason for r in validate_source(broken.text, baseline=project.text).refusals]
 
 
 def test_search_replace_blocks_edit_the_file_that_holds_the_text(project):
-    answer = "<<<<<<< SEARCH\n        return self.c_proj(F.gelu(self.c_fc(x)))\n=======\n" \
-             "        return self.c_proj(F.silu(self.c_fc(x)))\n>>>>>>> REPLACE\n"
+    answer = "<<<<<<< SEARCH\n        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))\n=======\n" \
+             "        return self.dropout(self.c_proj(F.silu(self.c_fc(x))))\n>>>>>>> REPLACE\n"
     mutation = from_search_replace(project.text, answer)
     assert [edit.target for edit in mutation.edits] == ["model.py::MLP.forward"]
 
