@@ -9,6 +9,7 @@ strategy asks again for what it still needs).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import signal
@@ -53,6 +54,13 @@ def load_baseline(config: EvolveConfig) -> str:
     if not Path(path).is_file():
         raise UserError(f"no such baseline: {path}; pass the path of a train.py, or nothing for the built-in one")
     return Program.load(Path(path)).text
+
+
+def baseline_identity(script: Path | None) -> str:
+    """What a resume must find unchanged: a hash of the script and its local modules (or "built-in")."""
+    if script is None:
+        return "built-in"
+    return hashlib.sha256(Program.load(script).text.encode()).hexdigest()[:16]
 
 
 def make_executor(config: EvolveConfig) -> Executor:

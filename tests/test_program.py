@@ -16,6 +16,7 @@ from mutations.patch import from_search_replace, unified_diff
 from mutations.sources._base import ProposalRequest
 from mutations.sources.prompt import first_turn
 from mutations.validation import Reason, validate_source
+from search.driver import baseline_identity
 from trainer.errors import UserError
 from trainer.program import Program
 
@@ -120,3 +121,11 @@ def test_knobs_of_every_file_are_listed_and_set_where_they_live(project):
     assert "MUON_LR = 0.01" in tuned.source("model.py") and "learning_rate = 1e-3" in tuned.script
     with pytest.raises(UserError, match="MUON_LRR"):
         set_knobs(with_muon.text, {"model.py::MUON_LRR": 0.01})
+
+
+def test_a_run_cannot_resume_over_an_edited_module(tmp_path):
+    project = Program.load(NANOGPT_PROJECT / "train.py")
+    project.save(tmp_path)
+    before = baseline_identity(tmp_path / "train.py")
+    (tmp_path / "model.py").write_text(project.source("model.py").replace("F.gelu", "F.silu"))
+    assert baseline_identity(tmp_path / "train.py") != before

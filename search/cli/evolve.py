@@ -2,7 +2,6 @@
 declared once with its default and help; this module adds the few that only the command line has."""
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -52,8 +51,9 @@ def evolve(name: str, run_dir: Path | None, baseline: Path | None, direction_fil
            live: bool | None, output_format: str, **values: object) -> None:
     """Evolve a train.py: changes from the catalog or an LLM and the script's own knobs, judged on short training
     runs by one model of every change's effect; the best stack tested on held-out data and exported as best.patch."""
-    from search.driver import Driver, Stopped
+    from search.driver import Driver, Stopped, baseline_identity
     from search.progress import make_reporter
+    from trainer.program import Program
     from trainer.runner import resolve_device
 
     out = Output(output_format)
@@ -72,9 +72,11 @@ def evolve(name: str, run_dir: Path | None, baseline: Path | None, direction_fil
     values.update(device=device, budget=str(Budget.parse(budget or default_budget(kind, unit))))
     config = EvolveConfig(
         run_dir=run_dir or Path("runs") / name, baseline=baseline.resolve() if baseline else None,
-        baseline_hash=hashlib.sha256(baseline.read_bytes()).hexdigest()[:16] if baseline else "built-in",
-        direction=direction_file.read_text() if direction_file else "", device_kind=kind, **values)
-    out.note(f"evolving {baseline or 'the built-in baseline'} in {config.run_dir} on {device} with the "
+        baseline_hash=baseline_identity(baseline), direction=direction_file.read_text() if direction_file else "",
+        device_kind=kind, **values)
+    modules = Program.load(baseline).names[1:] if baseline else ()  # they evolve with the script
+    modules = f" (with {', '.join(modules)})" if modules else ""
+    out.note(f"evolving {baseline or 'the built-in baseline'}{modules} in {config.run_dir} on {device} with the "
              f"{config.strategy} strategy: budget {config.budget} per run, search "
              f"{_limits(config)}")
     reporter = make_reporter(live)
