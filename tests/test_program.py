@@ -129,3 +129,10 @@ def test_a_run_cannot_resume_over_an_edited_module(tmp_path):
     before = baseline_identity(tmp_path / "train.py")
     (tmp_path / "model.py").write_text(project.source("model.py").replace("F.gelu", "F.silu"))
     assert baseline_identity(tmp_path / "train.py") != before
+
+
+def test_an_unreadable_module_is_a_one_line_error(tmp_path):
+    (tmp_path / "train.py").write_text("import model\n")
+    (tmp_path / "model.py").write_bytes(b"\xff\xfe not utf-8")
+    with pytest.raises(UserError, match="cannot read .*model.py"):
+        Program.load(tmp_path / "train.py")

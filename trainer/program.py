@@ -117,15 +117,12 @@ class Program:
     def load(cls, script: Path) -> Program:
         """The script and every module beside it that it imports, directly or through another."""
         script = Path(script)
-        try:
-            files = {script.name: script.read_text()}
-        except (OSError, UnicodeDecodeError) as error:
-            raise UserError(f"cannot read {script}: {error}; pass a readable Python file") from None
+        files = {script.name: _read(script)}
         pending = [script.name]
         while pending:
             for module in _local_imports(files[pending.pop()], script.parent):
                 if module not in files:
-                    files[module] = (script.parent / module).read_text()
+                    files[module] = _read(script.parent / module)
                     pending.append(module)
         if len(files) > MAX_FILES:
             raise UserError(f"{script} imports {len(files) - 1} local modules, more than {MAX_FILES - 1}; "
@@ -142,6 +139,13 @@ class Program:
         for name, source in self.files:
             (path / name).write_text(source)
         return [path / name for name in self.names]
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read {path}: {error}; pass a readable UTF-8 Python file") from None
 
 
 def is_multi_file(text: str) -> bool:
