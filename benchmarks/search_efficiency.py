@@ -48,7 +48,7 @@ import synthetic_task as synthetic
 from population.stats import Paired, paired
 from population.store import DecisionKind, Store
 from search.config import EvolveConfig
-from search.driver import Driver
+from search.driver import Driver, baseline_identity
 from search.progress import NullReporter
 from trainer.budget import Budget, BudgetUnit
 
@@ -135,9 +135,11 @@ def compute_to_reach(curves: list[dict], rows: list[dict], target_strategy: str 
 
 # ---------------------------------------------------------------- the real task
 def real_run(strategy: str, args: argparse.Namespace) -> dict:
-    """One strategy on the CPU baseline with the catalog: its run directory is reused if it finished."""
+    """One strategy on the CPU baseline (or --baseline) with the catalog: its run directory is reused if it
+    finished."""
     run_dir = Path(args.runs_dir) / strategy
-    config = EvolveConfig(run_dir=run_dir, baseline_hash="built-in", budget=args.budget, device="cpu",
+    config = EvolveConfig(run_dir=run_dir, baseline=args.baseline, baseline_hash=baseline_identity(args.baseline),
+                          budget=args.budget, device="cpu",
                           device_kind="cpu", time_limit=None, compute=args.compute, strategy=strategy,
                           seed=args.seed, workers=args.workers, test_seeds=args.test_seeds)
     result = Driver(config, _plain_log(strategy)).run()
@@ -170,7 +172,7 @@ def _real_row(strategy: str, config: EvolveConfig, result: dict, args: argparse.
         unit = Budget.parse(config.compute).unit
         spent = sum(e.result.spent(unit) for e in store.evaluations() if e.split == "val" and e.result)
         return {"strategy": strategy, "default": strategy == DEFAULT, "compute": spent, "unit": unit.value,
-                "test_delta": _mean(test), "ci_low": test.ci_low if test else 0.0,
+                "baseline": str(args.baseline or "the built-in CPU baseline"), "test_delta": _mean(test), "ci_low": test.ci_low if test else 0.0,
                 "ci_high": test.ci_high if test else 0.0, "kept": len(result["ablation"]),
                 "false_keeps": len(false) if args.false_keeps else math.nan, "kept_changes": " ".join(r["atom"] for r in result["ablation"]),
                 "false_kept": " ".join(false), "evaluations": sum(1 for e in store.evaluations() if e.split == "val"),
@@ -268,7 +270,7 @@ def synthetic_plot(curves: list[dict], rows: list[dict], path: Path) -> None:
 
 
 def real_markdown(rows: list[dict], command: str) -> str:
-    lines = ["# Search efficiency on the real task (the CPU baseline and the catalog)", "",
+    lines = [f"# Search efficiency on the real task ({rows[0]['baseline']} and the catalog)", "",
              f"Command: `{command}` ({datetime.now(timezone.utc):%Y-%m-%d}, {os.cpu_count()} CPU cores). Every "
              f"strategy through `search evolve`'s driver with the same `--compute` ({rows[0]['unit']}). Test delta = "
              "the answer minus the baseline on the held-out test split, fresh seeds; false keeps = kept changes whose "
@@ -329,6 +331,8 @@ def main() -> None:
     real.add_argument("--compute", default="6M", help="what each strategy spends: training tokens (6M) or FLOPs "
                       "(29.4Tflop: 20 runs of the baseline's 1.47Tflop, the compute-matched unit)")
     real.add_argument("--budget", default="300k", help="one full run (search evolve's default on CPU)")
+    real.add_argument("--baseline", type=Path, default=None, help="the script to evolve, with its local modules "
+                      "(default: the built-in CPU baseline)")
     real.add_argument("--strategies", type=_names, default=["additive", "greedy"])
     real.add_argument("--runs-dir", default="runs/efficiency", help="one run directory per strategy (reused)")
     real.add_argument("--workers", type=int, default=2)
