@@ -21,6 +21,7 @@ from mutations.sources.replay import ReplaySource
 from mutations.units import addressable_units
 from trainer.baselines import BASELINE as BASELINE_PATH
 from trainer.errors import UserError
+from trainer.program import Program
 from trainer.sandbox import scrubbed_env
 
 FIXTURES = Path(__file__).parent / "fixtures" / "llm"
@@ -341,3 +342,13 @@ def test_replay_reproduces_a_recorded_run_without_network(tmp_path, monkeypatch)
 def test_replay_of_a_missing_recording_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="cannot read the LLM recording"):
         ReplaySource(tmp_path / "none.jsonl")
+
+
+def test_one_answer_may_change_the_model_module_and_the_script():
+    project = Program.load(Path(__file__).parent / "fixtures" / "adopt" / "nanogpt" / "expected" / "train.py")
+    edits = [{"target": "model.py::MLP.forward", "action": "replace",
+              "code": "def forward(self, x):\n    return self.dropout(self.c_proj(F.relu(self.c_fc(x)).square()))\n"},
+             {"target": "learning_rate", "action": "replace", "code": "learning_rate = 2e-3\n"}]
+    proposal = source(FakeAPI(ok(tool_answer(edits)))).propose(ProposalRequest(project.text, parent_id="baseline"))
+    child = Program.parse(apply_mutation(project.text, proposal.mutation))
+    assert "F.relu(self.c_fc(x)).square()" in child.source("model.py") and "learning_rate = 2e-3" in child.script
