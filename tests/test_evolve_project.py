@@ -2,6 +2,7 @@
 then exported."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -63,3 +64,7 @@ def test_export_git_commits_every_file_of_the_project(evolved, tmp_path):
     assert sorted(tracked) == ["model.py", "train.py"]
     run = analysis.load(run_dir)
     assert {name: (repo / name).read_text() for name in tracked} == run.files(run.stack_id)
+    subjects = subprocess.run(["git", "log", "--format=%s"], cwd=repo, capture_output=True, text=True,
+                              check=True).stdout.splitlines()
+    atoms = [s for s in subjects if s.startswith(("catalog:", "knob:"))]
+    assert atoms and all(re.search(r"[-+]\d\.\d{4} bpb alone, [-+]\d\.\d{4} in the stack \(model\)$", s) for s in atoms)

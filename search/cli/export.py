@@ -276,12 +276,20 @@ def _stacked(base: str, combined: Mutation | None, mutation: Mutation, current: 
 
 
 def _atom_message(row: dict, note: str, where: str) -> str:
-    alone, left_out = row["add_one"], row["leave_one_out"]
-    lines = [f"{row['atom']}: {_mean(alone)} bpb alone, {_mean(left_out)} in the stack", "",
-             f"alone on the baseline (add-one): {_paired_line(alone)}",
-             f"left out of the stack (leave-one-out, stack minus stack without it): {_paired_line(left_out)}",
-             f"against its parent when it was accepted: {row['estimate']:+.4f} bpb", "", row["description"]]
-    return "\n".join(lines + ([note] if note else []) + ["", where]) + "\n"
+    alone, left_out, model = row["add_one"], row["leave_one_out"], row.get("model")
+    if alone is None and left_out is None and model is not None:  # additive: the ablation is the model's estimate
+        lines = [f"{row['atom']}: {model['add_one']['mean']:+.4f} bpb alone, {model['leave_one_out']['mean']:+.4f} "
+                 "in the stack (model)", "",
+                 f"alone on the baseline (add-one): {_estimate_line(model['add_one'])}",
+                 f"left out of the stack (leave-one-out): {_estimate_line(model['leave_one_out'])}",
+                 f"probability that it helps in the stack: {model['p_helps']:.3f}",
+                 "Estimated by the additive model from every run of the search, not by runs of this change alone."]
+    else:
+        lines = [f"{row['atom']}: {_mean(alone)} bpb alone, {_mean(left_out)} in the stack", "",
+                 f"alone on the baseline (add-one): {_paired_line(alone)}",
+                 f"left out of the stack (leave-one-out, stack minus stack without it): {_paired_line(left_out)}",
+                 f"against its parent when it was accepted: {row['estimate']:+.4f} bpb"]
+    return "\n".join(lines + ["", row["description"]] + ([note] if note else []) + ["", where]) + "\n"
 
 
 def _lineage_message(run: Run, variant: Variant, where: str) -> str:
@@ -293,6 +301,10 @@ def _lineage_message(run: Run, variant: Variant, where: str) -> str:
     if verdict.get("reason"):
         lines.append(verdict["reason"])
     return "\n".join(lines + ["", mutation.get("description", ""), "", f"{where} (variant {variant.id})"]) + "\n"
+
+
+def _estimate_line(estimate: dict) -> str:
+    return f"{estimate['mean']:+.4f} bpb, 95% CI [{estimate['ci_low']:+.4f}, {estimate['ci_high']:+.4f}]"
 
 
 def _mean(paired: dict | None) -> str:
