@@ -186,7 +186,8 @@ class Store:
         """Create what is missing. Two processes opening a new store at once (a search and `search status`)
         can both find a table missing and both create it: the loser retries and finds it there. Every lost
         race means another process created something, so a few openers at once need a few retries each
-        (3 were not enough for 4 openers on a loaded machine)."""
+        (3 were not enough for 4 openers on a loaded machine). Switching a new file to WAL can find it locked
+        by another opener without waiting (SQLite's deadlock avoidance): a lost race too."""
         attempts = 4 * len(_metadata.tables)
         for attempt in range(attempts):
             try:
@@ -194,7 +195,8 @@ class Store:
                 self._add_missing_columns()
                 return
             except sa.exc.OperationalError as error:
-                lost_race = "already exists" in str(error) or "duplicate column" in str(error)
+                lost_race = any(sign in str(error) for sign in ("already exists", "duplicate column",
+                                                                "database is locked"))  # switching it to WAL
                 if not lost_race or attempt == attempts - 1:
                     raise
 
@@ -334,10 +336,12 @@ class Store:
 
 def _sqlite_pragmas(connection, _record) -> None:
     # WAL lets `search status` and optuna-dashboard read while the search writes.
+    # The busy timeout first: switching to WAL takes a lock that another process opening the same new
+    # store may hold for a moment, and without the timeout that is "database is locked" at once.
     cursor = connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
 
 
