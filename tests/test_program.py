@@ -47,8 +47,18 @@ def test_a_lone_script_is_its_own_text(tmp_path):
 @pytest.mark.parametrize("name", ["../evil.py", "sub/model.py", ".hidden.py", "model.txt"])
 def test_a_stored_program_cannot_name_a_path_outside_its_folder(name):
     text = json.dumps({"evotrain_program": 1, "files": [["train.py", "x = 1\n"], [name, "y = 2\n"]]})
-    with pytest.raises(ValueError, match="not a module file name"):
+    with pytest.raises(ValueError, match="not a file name a program may hold"):
         Program.parse(text)
+
+
+def test_the_script_may_have_any_plain_name(tmp_path):
+    (tmp_path / "train-gpt2.py").write_text("import model
+")
+    (tmp_path / "model.py").write_text("X = 1
+")
+    program = Program.load(tmp_path / "train-gpt2.py")
+    assert Program.parse(program.text).names == ("train-gpt2.py", "model.py")
+    assert list(program.runnable()) == ["train.py", "model.py"]  # it runs as train.py in the sandbox
 
 
 def test_one_change_may_edit_both_files_and_round_trips(project):

@@ -31,6 +31,7 @@ SCRIPT_NAME = "train.py"  # the name the script runs under in the sandbox
 MAX_FILES = 16
 _MAGIC = '{"evotrain_program": 1'
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\.py")
+_FILE_NAME = re.compile(r"[^./\\\x00][^/\\\x00]*")
 T = TypeVar("T")
 
 
@@ -44,9 +45,12 @@ class Program:
             raise ValueError("a program has at least its script")
         if len(set(names)) != len(names):
             raise ValueError(f"a program names a file twice: {names}")
-        bad = [name for name in names if not _MODULE_NAME.fullmatch(name)]
-        if bad:  # the runner writes these names into a sandbox folder: no paths, no links, no dot files
-            raise ValueError(f"not a module file name: {bad[0]!r}")
+        # Files are written by these names (the sandbox, best/, export --git): no paths, no dot files. A module
+        # is imported by its name; the script may be called anything (it runs as train.py).
+        bad = [name for name in names[1:] if not _MODULE_NAME.fullmatch(name)]
+        if bad or not _FILE_NAME.fullmatch(names[0]):
+            raise ValueError(f"not a file name a program may hold: {(bad or names)[0]!r} (a module is NAME.py; "
+                             "no paths, no dot files)")
 
     # ------------------------------------------------------------ text form
     @classmethod
