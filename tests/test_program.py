@@ -52,10 +52,8 @@ def test_a_stored_program_cannot_name_a_path_outside_its_folder(name):
 
 
 def test_the_script_may_have_any_plain_name(tmp_path):
-    (tmp_path / "train-gpt2.py").write_text("import model
-")
-    (tmp_path / "model.py").write_text("X = 1
-")
+    (tmp_path / "train-gpt2.py").write_text("import model\n")
+    (tmp_path / "model.py").write_text("X = 1\n")
     program = Program.load(tmp_path / "train-gpt2.py")
     assert Program.parse(program.text).names == ("train-gpt2.py", "model.py")
     assert list(program.runnable()) == ["train.py", "model.py"]  # it runs as train.py in the sandbox
