@@ -51,6 +51,7 @@ from search.config import EvolveConfig
 from search.driver import Driver, baseline_identity
 from search.progress import NullReporter
 from trainer.budget import Budget, BudgetUnit
+from trainer.program import Program
 
 STRATEGIES = ("additive", "greedy", "asha", "tpe")
 DEFAULT = "additive"
@@ -138,7 +139,7 @@ def real_run(strategy: str, args: argparse.Namespace) -> dict:
     """One strategy on the CPU baseline (or --baseline) with the catalog: its run directory is reused if it
     finished."""
     run_dir = Path(args.runs_dir) / strategy
-    config = EvolveConfig(run_dir=run_dir, baseline=args.baseline, baseline_hash=baseline_identity(args.baseline),
+    config = EvolveConfig(run_dir=run_dir, baseline=args.baseline, baseline_hash=baseline_identity(args.baseline and Program.load(args.baseline)),
                           budget=args.budget, device="cpu",
                           device_kind="cpu", time_limit=None, compute=args.compute, strategy=strategy,
                           seed=args.seed, workers=args.workers, test_seeds=args.test_seeds)

@@ -40,9 +40,10 @@ class Edit:
     def in_file(self, program: Program) -> Edit:
         """This edit with its addresses inside its file (`model.py::GPT` -> `GPT`)."""
         name, target = program.locate(self.target)
-        if self.after and program.locate(self.after)[0] != name:
+        after_file, after = program.locate(self.after) if self.after else (name, "")
+        if after_file != name:
             raise ApplyError("missing_target", f"{self.target} is inserted after {self.after}, in another file")
-        return replace(self, target=target, after=program.locate(self.after)[1] if self.after else "")
+        return replace(self, target=target, after=after)
 
     def qualified(self, program: Program, name: str) -> Edit:
         """This edit of file `name` with addresses that say so."""

@@ -56,11 +56,11 @@ def load_baseline(config: EvolveConfig) -> str:
     return Program.load(Path(path)).text
 
 
-def baseline_identity(script: Path | None) -> str:
-    """What a resume must find unchanged: a hash of the script and its local modules (or "built-in")."""
-    if script is None:
+def baseline_identity(program: Program | None) -> str:
+    """What a resume must find unchanged: a hash of the script and its local modules (None: "built-in")."""
+    if program is None:
         return "built-in"
-    return hashlib.sha256(Program.load(script).text.encode()).hexdigest()[:16]
+    return hashlib.sha256(program.text.encode()).hexdigest()[:16]
 
 
 def make_executor(config: EvolveConfig) -> Executor:

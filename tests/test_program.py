@@ -134,9 +134,9 @@ def test_knobs_of_every_file_are_listed_and_set_where_they_live(project):
 def test_a_run_cannot_resume_over_an_edited_module(tmp_path):
     project = Program.load(NANOGPT_PROJECT / "train.py")
     project.save(tmp_path)
-    before = baseline_identity(tmp_path / "train.py")
+    before = baseline_identity(Program.load(tmp_path / "train.py"))
     (tmp_path / "model.py").write_text(project.source("model.py").replace("F.gelu", "F.silu"))
-    assert baseline_identity(tmp_path / "train.py") != before
+    assert baseline_identity(Program.load(tmp_path / "train.py")) != before
 
 
 def test_an_unreadable_module_is_a_one_line_error(tmp_path):

@@ -70,12 +70,12 @@ def evolve(name: str, run_dir: Path | None, baseline: Path | None, direction_fil
         if parse is not None and isinstance(values[field.name], str):
             values[field.name] = parse(values[field.name])
     values.update(device=device, budget=str(Budget.parse(budget or default_budget(kind, unit))))
+    program = Program.load(baseline) if baseline else None  # the script and the modules that evolve with it
     config = EvolveConfig(
         run_dir=run_dir or Path("runs") / name, baseline=baseline.resolve() if baseline else None,
-        baseline_hash=baseline_identity(baseline), direction=direction_file.read_text() if direction_file else "",
+        baseline_hash=baseline_identity(program), direction=direction_file.read_text() if direction_file else "",
         device_kind=kind, **values)
-    modules = Program.load(baseline).names[1:] if baseline else ()  # they evolve with the script
-    modules = f" (with {', '.join(modules)})" if modules else ""
+    modules = f" (with {', '.join(program.names[1:])})" if program and len(program.names) > 1 else ""
     out.note(f"evolving {baseline or 'the built-in baseline'}{modules} in {config.run_dir} on {device} with the "
              f"{config.strategy} strategy: budget {config.budget} per run, search "
              f"{_limits(config)}")
