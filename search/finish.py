@@ -12,7 +12,7 @@ from population.stats import Paired, paired
 from search.context import Search
 from search.evaluator import Request
 from search.strategies._base import Outcome, Program
-from trainer.program import Program as Files, is_multi_file
+from trainer.program import Program as Files
 
 
 def held_out(search: Search, stack: str) -> Program:
@@ -30,8 +30,9 @@ def result(search: Search, outcome: Outcome, test: Paired | None, base_source: s
     stack = search.variant(outcome.stack)
     val = paired(search.scores(stack.id, search.top_budget), search.scores(search.baseline.id, search.top_budget))
     run_dir = Path(search.config.run_dir)
-    best = run_dir / ("best" if is_multi_file(stack.source) else "best_train.py")  # a folder for several files
-    Files.parse(stack.source).save(best)
+    files = Files.parse(stack.source)
+    best = run_dir / ("best" if len(files.files) > 1 else "best_train.py")  # a folder for several files
+    files.save(best)
     (run_dir / "best.patch").write_text(unified_diff(base_source, stack.source))
     return {"strategy": search.config.strategy, "stack": stack.id, "members": [row["atom"] for row in outcome.ablation],
             "ablation": outcome.ablation, **outcome.extra,
